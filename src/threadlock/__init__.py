@@ -1,0 +1,31 @@
+"""threadlock: one conversation, one turn at a time.
+
+Per-conversation FIFO leases with fencing tokens on memory, Redis and Postgres, an
+``async with`` guard for OpenAI conversations and Assistants threads, and recovery of runs a
+crashed worker left active.
+"""
+
+from threadlock._lease import Lease, LockInfo
+from threadlock._version import __version__
+from threadlock.backends import from_env, from_url
+from threadlock.backends.base import BaseThreadLock
+from threadlock.backends.memory import MemoryThreadLock
+from threadlock.errors import BackendError, LeaseLost, ThreadBusy, ThreadLockError
+from threadlock.hold import Hold
+from threadlock.protocol import ThreadLock
+
+__all__ = [
+    "BackendError",
+    "BaseThreadLock",
+    "Hold",
+    "Lease",
+    "LeaseLost",
+    "LockInfo",
+    "MemoryThreadLock",
+    "ThreadBusy",
+    "ThreadLock",
+    "ThreadLockError",
+    "__version__",
+    "from_env",
+    "from_url",
+]

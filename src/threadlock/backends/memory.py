@@ -1,0 +1,239 @@
+"""In-process backend: FIFO per key, direct hand-off, exact lazy expiry. anyio primitives only.
+
+It runs on asyncio and trio and serves one process (one event loop at a time). It is the
+embedded default and the backend for tests.
+
+How it keeps its promises:
+
+* each held key has an entry with its holder and a FIFO deque of waiters; a release pops the
+  head waiter and makes it the holder before waking it (direct hand-off: nobody can barge in
+  between, and the releaser cannot re-acquire ahead of the queue);
+* expiry is lazy but exact: every operation first retires an expired holder (handing the key
+  to the head waiter), and the head waiter sleeps at most until the holder's expiry, so an
+  expired lease is reclaimed when it expires, not later;
+* a free key is deleted, and keys whose holder expired without release are swept in
+  amortised O(1), so memory stays flat however many distinct keys pass through;
+* fences come from one counter per instance, seeded from the wall clock in microseconds, so
+  they strictly increase per key and, unless the clock goes back, across restarts too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+
+import anyio
+import anyio.lowlevel
+
+from threadlock._lease import Lease, LockInfo
+from threadlock.backends.base import BaseThreadLock
+from threadlock.errors import BackendError, LeaseLost, ThreadBusy
+
+__all__ = ["MemoryThreadLock"]
+
+_MIN_RETRY_AFTER = 0.001
+_SWEEP_MIN_OPS = 1024
+
+
+class _Holder:
+    __slots__ = ("acquired_at", "deadline", "expires_at", "fence", "owner", "token", "ttl")
+
+    def __init__(self, fence: int, ttl: float, owner: str) -> None:
+        now_wall = time.time()
+        self.token = secrets.token_hex(16)
+        self.fence = fence
+        self.ttl = ttl
+        self.owner = owner
+        self.acquired_at = now_wall
+        self.expires_at = now_wall + ttl
+        self.deadline = time.monotonic() + ttl
+
+    def lease(self, key: str) -> Lease:
+        return Lease(key, self.token, self.fence, self.ttl, self.acquired_at, self.expires_at)
+
+
+class _Waiter:
+    __slots__ = ("event", "lease", "owner", "ttl")
+
+    def __init__(self, ttl: float, owner: str) -> None:
+        self.event = anyio.Event()
+        self.lease: Lease | None = None
+        self.ttl = ttl
+        self.owner = owner
+
+
+class _Entry:
+    __slots__ = ("holder", "waiters")
+
+    def __init__(self, holder: _Holder) -> None:
+        self.holder: _Holder | None = holder
+        self.waiters: deque[_Waiter] = deque()
+
+
+class MemoryThreadLock(BaseThreadLock):
+    """The in-process backend. See the module docstring for how it works.
+
+    Args:
+        owner: the owner prefix stored with each lease (``host:pid`` by default).
+        release_timeout: the bound on the release at the end of ``hold()``.
+    """
+
+    def __init__(self, *, owner: str | None = None, release_timeout: float = 5.0) -> None:
+        super().__init__(owner=owner, release_timeout=release_timeout)
+        self._entries: dict[str, _Entry] = {}
+        self._last_fence = 0
+        self._ops = 0
+
+    @classmethod
+    def from_url(cls, url: str = "memory://", **options: object) -> MemoryThreadLock:
+        """Build from ``memory://``; the URL carries no settings."""
+        return cls(**options)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        """How many keys have state (held, or with waiters)."""
+        return len(self._entries)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _next_fence(self) -> int:
+        fence = max(self._last_fence + 1, time.time_ns() // 1000)
+        self._last_fence = fence
+        return fence
+
+    def _grant_next(self, key: str, entry: _Entry) -> None:
+        """The holder is gone: hand the key to the head waiter, or delete the entry."""
+        if entry.waiters:
+            waiter = entry.waiters.popleft()
+            holder = _Holder(self._next_fence(), waiter.ttl, waiter.owner)
+            entry.holder = holder
+            waiter.lease = holder.lease(key)
+            waiter.event.set()
+        else:
+            entry.holder = None
+            del self._entries[key]
+
+    def _current(self, key: str) -> _Entry | None:
+        """The entry of ``key`` with an expired holder retired first."""
+        entry = self._entries.get(key)
+        if entry is not None and (
+            entry.holder is None or entry.holder.deadline <= time.monotonic()
+        ):
+            self._grant_next(key, entry)
+            entry = self._entries.get(key)
+        return entry
+
+    def _sweep(self) -> None:
+        self._ops += 1
+        if self._ops < max(_SWEEP_MIN_OPS, 2 * len(self._entries)):
+            return
+        self._ops = 0
+        for key in list(self._entries):
+            self._current(key)
+
+    def _info(self, key: str, entry: _Entry) -> LockInfo | None:
+        holder = entry.holder
+        if holder is None:
+            return None
+        return LockInfo(
+            key=key,
+            fence=holder.fence,
+            owner=holder.owner,
+            acquired_at=holder.acquired_at,
+            expires_at=holder.expires_at,
+            waiters=len(entry.waiters),
+            run_id=None,
+        )
+
+    def _busy(self, key: str, entry: _Entry) -> ThreadBusy:
+        holder = entry.holder
+        left = holder.deadline - time.monotonic() if holder is not None else 0.0
+        return ThreadBusy(key, max(left, _MIN_RETRY_AFTER), self._info(key, entry))
+
+    def _give_back(self, lease: Lease) -> None:
+        entry = self._entries.get(lease.key)
+        if entry is not None and entry.holder is not None and entry.holder.token == lease.token:
+            self._grant_next(lease.key, entry)
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    async def _acquire(self, key: str, ttl: float, timeout: float | None) -> Lease:
+        self._sweep()
+        owner = self._task_owner()
+        entry = self._current(key)
+        if entry is None:
+            # Cancellation is delivered before the grant; after it, only a shielded yield.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if (entry := self._current(key)) is None:
+                holder = _Holder(self._next_fence(), ttl, owner)
+                self._entries[key] = _Entry(holder)
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                return holder.lease(key)
+        if timeout == 0:
+            await anyio.lowlevel.checkpoint()
+            raise self._busy(key, entry)
+
+        waiter = _Waiter(ttl, owner)
+        entry.waiters.append(waiter)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while waiter.lease is None:
+                if self._closed:
+                    raise BackendError("MemoryThreadLock was closed while waiting")
+                now = time.monotonic()
+                current = entry.holder
+                # Wait for the hand-off; the head waiter also wakes when the holder expires.
+                wait = current.deadline - now if current is not None else 0.0
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if wait > 0:
+                    with anyio.move_on_after(wait):
+                        await waiter.event.wait()
+                if waiter.lease is None:
+                    self._current(key)  # retires an expired holder, maybe granting to us
+                if waiter.lease is None and deadline is not None and time.monotonic() >= deadline:
+                    raise self._busy(key, entry)
+        except BaseException:
+            if waiter.lease is not None:  # granted, but the caller is gone: pass it on
+                self._give_back(waiter.lease)
+            else:
+                entry.waiters.remove(waiter)
+                if entry.holder is None and not entry.waiters:
+                    self._entries.pop(key, None)
+            raise
+        return waiter.lease
+
+    async def _release(self, lease: Lease) -> bool:
+        entry = self._current(lease.key)
+        if entry is None or entry.holder is None or entry.holder.token != lease.token:
+            return False
+        self._grant_next(lease.key, entry)
+        return True
+
+    async def _extend(self, lease: Lease, ttl: float) -> Lease:
+        entry = self._current(lease.key)
+        if entry is None or entry.holder is None or entry.holder.token != lease.token:
+            raise LeaseLost(lease.key, lease.fence, "expired or taken before extend")
+        holder = entry.holder
+        holder.ttl = ttl
+        holder.deadline = time.monotonic() + ttl
+        holder.expires_at = time.time() + ttl
+        return holder.lease(lease.key)
+
+    async def _inspect(self, key: str) -> LockInfo | None:
+        entry = self._current(key)
+        return None if entry is None else self._info(key, entry)
+
+    async def _held(self) -> list[LockInfo]:
+        infos = []
+        for key in list(self._entries):
+            entry = self._current(key)
+            info = None if entry is None else self._info(key, entry)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    async def _aclose(self) -> None:
+        for entry in self._entries.values():
+            for waiter in entry.waiters:
+                waiter.event.set()

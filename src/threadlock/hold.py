@@ -1,0 +1,208 @@
+"""``hold()``: acquire, renew in the background, always release. Written once for every backend.
+
+A backend supplies only ``acquire``, ``extend`` and ``release``; :class:`Hold` turns them into
+the context manager that SPEC §3.2 describes:
+
+1. it acquires, waiting FIFO as ``acquire`` does;
+2. a background task in an anyio task group renews the lease every ``renew_every`` seconds
+   (``ttl / 3`` by default). A renewal refused because the lease is gone cancels the body and
+   the block raises :class:`~threadlock.LeaseLost`. A renewal that fails because the backend
+   is briefly unreachable is retried until the lease would have expired (by the local
+   monotonic clock, counted conservatively from when the last renewal was sent), and is then
+   treated as lost;
+3. it always releases, on success, on exception and on cancellation, in a shielded cancel
+   scope bounded by ``release_timeout`` seconds, so a cancelled task never leaks the lock;
+4. with ``max_hold`` the body is cancelled once it has held the lock that long, and the block
+   raises :class:`TimeoutError`.
+
+An exception raised by the body comes out as itself, never wrapped in an ``ExceptionGroup``.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from threadlock._validate import check_key, check_positive, check_timeout, check_ttl
+from threadlock.errors import LeaseLost
+
+if TYPE_CHECKING:
+    from threadlock._lease import Lease
+    from threadlock.protocol import ThreadLock
+
+__all__ = ["DEFAULT_RELEASE_TIMEOUT", "Hold"]
+
+logger = logging.getLogger("threadlock")
+
+#: Seconds a release at the end of ``hold()`` may take before it is abandoned (the lease then
+#: expires by its TTL).
+DEFAULT_RELEASE_TIMEOUT = 5.0
+
+# Share of the TTL kept as a safety margin on the local estimate of the first expiry: the
+# grant happened a little before ``acquire`` returned, and that delay is not known locally.
+_GRANT_MARGIN = 0.1
+
+
+class Hold:
+    """The async context manager returned by ``lock.hold(key, ...)``.
+
+    ``async with`` yields the :class:`~threadlock.Lease`. Its ``fence`` and ``token`` stay the
+    same for the whole block; renewals only move the expiry. :attr:`lease` always holds the
+    newest renewal.
+    """
+
+    def __init__(
+        self,
+        lock: ThreadLock,
+        key: str,
+        *,
+        ttl: float = 30.0,
+        timeout: float | None = 300.0,
+        renew_every: float | None = None,
+        max_hold: float | None = None,
+        release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
+    ) -> None:
+        self._key = check_key(key)
+        self._ttl = check_ttl(ttl)
+        self._timeout = check_timeout(timeout)
+        if renew_every is None:
+            self._renew_every = self._ttl / 3
+        else:
+            self._renew_every = check_positive(renew_every, "renew_every")
+            if self._renew_every >= self._ttl:
+                raise ValueError(
+                    f"renew_every must be shorter than ttl ({self._ttl}), got {renew_every!r}"
+                )
+        self._max_hold = None if max_hold is None else check_positive(max_hold, "max_hold")
+        self._release_timeout = check_positive(release_timeout, "release_timeout")
+        self._lock = lock
+        self._lease: Lease | None = None
+        self._lost: LeaseLost | None = None
+        self._deadline = 0.0  # local monotonic estimate of the lease's expiry
+        self._group: anyio.abc.TaskGroup | None = None
+        self._body: anyio.CancelScope | None = None
+        self._entered = False
+
+    @property
+    def lease(self) -> Lease:
+        """The newest lease (renewals replace it); only valid inside the block."""
+        if self._lease is None:
+            raise RuntimeError("the hold() block has not been entered")
+        return self._lease
+
+    async def __aenter__(self) -> Lease:
+        if self._entered:
+            raise RuntimeError("a hold() context manager can be entered only once")
+        self._entered = True
+        lease = await self._lock.acquire(self._key, ttl=self._ttl, timeout=self._timeout)
+        self._lease = lease
+        self._deadline = anyio.current_time() + lease.ttl * (1 - _GRANT_MARGIN)
+        try:
+            group = anyio.create_task_group()
+            await group.__aenter__()
+        except BaseException:
+            await self._release()
+            raise
+        self._group = group
+        body = anyio.CancelScope()
+        if self._max_hold is not None:
+            body.deadline = anyio.current_time() + self._max_hold
+        body.__enter__()
+        self._body = body
+        group.start_soon(self._renew, name=f"threadlock renew {self._key!r}")
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._group is not None
+        assert self._body is not None
+        body = self._body
+        # Closing the body scope swallows the cancellation it raised itself (lost lease or
+        # max_hold) and lets every other exception through untouched.
+        swallowed = bool(body.__exit__(exc_type, exc, tb))
+        try:
+            self._group.cancel_scope.cancel()
+            # The body's exception is not handed to the task group, so it is never wrapped.
+            await self._group.__aexit__(None, None, None)
+        finally:
+            await self._release()
+        if self._lost is not None:
+            outer_cancel = not swallowed and isinstance(exc, anyio.get_cancelled_exc_class())
+            if not outer_cancel:  # a cancellation from outside still wins
+                raise self._lost from (None if swallowed else exc)
+        elif body.cancelled_caught:
+            raise TimeoutError(f"hold({self._key!r}) exceeded max_hold={self._max_hold}s")
+        return False
+
+    async def _release(self) -> None:
+        lease = self._lease
+        if lease is None:
+            return
+        with anyio.move_on_after(self._release_timeout, shield=True) as scope:
+            try:
+                await self._lock.release(lease)
+            except Exception:  # a failed release must not hide the body's outcome
+                logger.warning(
+                    "release of %r failed; the lease will expire by its TTL",
+                    lease.key,
+                    exc_info=True,
+                    extra={"event": "lock.release_failed", "key": lease.key, "fence": lease.fence},
+                )
+        if scope.cancelled_caught:
+            logger.warning(
+                "release of %r timed out after %ss; the lease will expire by its TTL",
+                lease.key,
+                self._release_timeout,
+                extra={"event": "lock.release_failed", "key": lease.key, "fence": lease.fence},
+            )
+
+    def _lose(self, error: LeaseLost) -> None:
+        self._lost = error
+        logger.warning(
+            "lease on %r lost: %s",
+            error.key,
+            error.detail or "expired or taken",
+            extra={"event": "lock.lost", "key": error.key, "fence": error.fence},
+        )
+        assert self._body is not None
+        self._body.cancel()
+
+    async def _renew(self) -> None:
+        """Renew until cancelled; on loss, cancel the body. It never raises."""
+        next_at = anyio.current_time() + self._renew_every
+        while True:
+            await anyio.sleep_until(next_at)
+            assert self._lease is not None
+            sent = anyio.current_time()
+            left = self._deadline - sent
+            if left <= 0:
+                self._lose(LeaseLost(self._key, self._lease.fence, "not renewed before it expired"))
+                return
+            try:
+                with anyio.fail_after(left):
+                    lease = await self._lock.extend(self._lease)
+            except LeaseLost as error:
+                self._lose(error)
+                return
+            except Exception as error:  # unreachable backend: retry until the lease expires
+                now = anyio.current_time()
+                logger.warning(
+                    "renewal of %r failed (%s); retrying for %.3fs more",
+                    self._key,
+                    error,
+                    max(0.0, self._deadline - now),
+                    extra={"event": "lock.renew_failed", "key": self._key},
+                )
+                next_at = now + min(1.0, max(0.01, (self._deadline - now) / 4))
+                continue
+            self._lease = lease
+            self._deadline = sent + lease.ttl
+            next_at = sent + self._renew_every

@@ -1,0 +1,29 @@
+"""Testing support: the backend conformance suite and a fake OpenAI for bots' own tests.
+
+Both are imported lazily, so ``import threadlock.testing`` needs neither pytest nor anything
+else beyond threadlock's own dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from threadlock.testing.conformance import BackendConformance, backend_conformance
+    from threadlock.testing.fake_openai import FakeOpenAI
+
+__all__ = ["BackendConformance", "FakeOpenAI", "backend_conformance"]
+
+_WHERE = {
+    "BackendConformance": "threadlock.testing.conformance",
+    "backend_conformance": "threadlock.testing.conformance",
+    "FakeOpenAI": "threadlock.testing.fake_openai",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'threadlock.testing' has no attribute {name!r}")

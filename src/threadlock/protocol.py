@@ -8,12 +8,15 @@ async context manager for free, so a backend only writes its primitives.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Literal, Protocol, Self, runtime_checkable
 
 from threadlock._lease import Lease, LockInfo
 
-__all__ = ["ThreadLock"]
+__all__ = ["ChainStore", "RunKind", "RunRecord", "RunRegistry", "ThreadLock"]
+
+RunKind = Literal["run", "response"]
 
 
 @runtime_checkable
@@ -88,3 +91,70 @@ class ThreadLock(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One entry of the run registry: a run or background response a guarded turn started.
+
+    Attributes:
+        key: the lease key of the turn (the conversation or thread id, or the chain key).
+        kind: ``"run"`` (an Assistants run) or ``"response"`` (a background response).
+        run_id: the run or response id.
+        thread_id: the thread or conversation the run lives on (for a response on a
+            ``previous_response_id`` chain with no conversation, the chain key).
+        created_at: epoch seconds when the guard recorded it.
+        fence: the fencing token of the turn that started it (the lease's secret token is
+            never stored).
+        owner: the owner description of that turn.
+    """
+
+    key: str
+    kind: RunKind
+    run_id: str
+    thread_id: str
+    created_at: float
+    fence: int
+    owner: str
+
+
+@runtime_checkable
+class RunRegistry(Protocol):
+    """Where the guards record the runs and background responses they start.
+
+    A backend that offers it must keep entries until they are removed, across crashes of the
+    process that wrote them (the memory backend keeps them for the life of the process), and
+    must show the newest entry of a held key as :attr:`LockInfo.run_id`. The guards write an
+    entry before the create call returns to the caller and remove it once the run is
+    terminal; :func:`threadlock.openai.recover_orphaned_runs` walks what is left. Entries hold
+    ids only, never message content.
+    """
+
+    async def track_run(self, record: RunRecord) -> None:
+        """Record ``record`` (idempotent for the same ``key`` and ``run_id``)."""
+        ...
+
+    async def untrack_run(self, key: str, run_id: str) -> None:
+        """Forget ``run_id`` under ``key``; a missing entry is not an error."""
+        ...
+
+    async def tracked_runs(self, key: str | None = None) -> list[RunRecord]:
+        """The entries of ``key``, or of every key when ``None``, oldest first."""
+        ...
+
+
+@runtime_checkable
+class ChainStore(Protocol):
+    """The last response id of each ``previous_response_id`` chain, moved under the lock."""
+
+    async def chain_head(self, key: str) -> str | None:
+        """The last response id recorded for chain ``key``, or ``None``."""
+        ...
+
+    async def advance_chain(self, lease: Lease, expected: str | None, new: str) -> bool:
+        """Set the head of chain ``lease.key`` to ``new`` if it is still ``expected``.
+
+        It succeeds only while ``lease`` is held (token check) and the head is unchanged
+        (compare-and-set), so two turns can never branch from the same response.
+        """
+        ...

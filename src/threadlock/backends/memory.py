@@ -27,8 +27,10 @@ import anyio
 import anyio.lowlevel
 
 from threadlock._lease import Lease, LockInfo
+from threadlock._validate import check_key
 from threadlock.backends.base import BaseThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
+from threadlock.protocol import RunRecord
 
 __all__ = ["MemoryThreadLock"]
 
@@ -84,6 +86,8 @@ class MemoryThreadLock(BaseThreadLock):
         self._entries: dict[str, _Entry] = {}
         self._last_fence = 0
         self._ops = 0
+        self._runs: dict[str, dict[str, RunRecord]] = {}
+        self._chains: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str = "memory://", **options: object) -> MemoryThreadLock:
@@ -142,8 +146,12 @@ class MemoryThreadLock(BaseThreadLock):
             acquired_at=holder.acquired_at,
             expires_at=holder.expires_at,
             waiters=len(entry.waiters),
-            run_id=None,
+            run_id=self._newest_run(key),
         )
+
+    def _newest_run(self, key: str) -> str | None:
+        runs = self._runs.get(key)
+        return next(reversed(runs)) if runs else None
 
     def _busy(self, key: str, entry: _Entry) -> ThreadBusy:
         holder = entry.holder
@@ -232,6 +240,61 @@ class MemoryThreadLock(BaseThreadLock):
             if info is not None:
                 infos.append(info)
         return infos
+
+    # -- run registry and chain heads (RunRegistry, ChainStore) --------------------------------
+
+    async def track_run(self, record: RunRecord) -> None:
+        """Record a run or background response; see :class:`threadlock.RunRegistry`."""
+        if not isinstance(record, RunRecord):
+            raise TypeError(f"record must be a RunRecord, not {type(record).__name__}")
+        self._check_open()
+        self._runs.setdefault(record.key, {})[record.run_id] = record
+        await anyio.lowlevel.checkpoint()
+
+    async def untrack_run(self, key: str, run_id: str) -> None:
+        """Forget a run; see :class:`threadlock.RunRegistry`."""
+        check_key(key)
+        check_key(run_id, "run_id")
+        self._check_open()
+        runs = self._runs.get(key)
+        if runs is not None:
+            runs.pop(run_id, None)
+            if not runs:
+                del self._runs[key]
+        await anyio.lowlevel.checkpoint()
+
+    async def tracked_runs(self, key: str | None = None) -> list[RunRecord]:
+        """The recorded runs of ``key`` (or all), oldest first."""
+        if key is not None:
+            check_key(key)
+        self._check_open()
+        await anyio.lowlevel.checkpoint()
+        if key is not None:
+            return list(self._runs.get(key, {}).values())
+        records = [r for runs in self._runs.values() for r in runs.values()]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def chain_head(self, key: str) -> str | None:
+        """The last response id of chain ``key``; see :class:`threadlock.ChainStore`."""
+        check_key(key)
+        self._check_open()
+        await anyio.lowlevel.checkpoint()
+        return self._chains.get(key)
+
+    async def advance_chain(self, lease: Lease, expected: str | None, new: str) -> bool:
+        """Compare-and-set the chain head while ``lease`` is held."""
+        if not isinstance(lease, Lease):
+            raise TypeError(f"lease must be a threadlock.Lease, not {type(lease).__name__}")
+        check_key(new, "new")
+        self._check_open()
+        await anyio.lowlevel.checkpoint()
+        entry = self._current(lease.key)
+        if entry is None or entry.holder is None or entry.holder.token != lease.token:
+            return False
+        if self._chains.get(lease.key) != expected:
+            return False
+        self._chains[lease.key] = new
+        return True
 
     async def _aclose(self) -> None:
         for entry in self._entries.values():

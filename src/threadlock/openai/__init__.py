@@ -1,0 +1,40 @@
+"""Guards for OpenAI conversations and Assistants threads.
+
+``guard_conversation`` serialises turns on a Responses API conversation (or a
+``previous_response_id`` chain), ``guard_thread`` on an Assistants thread. See
+:mod:`threadlock.openai.guard` for what each guarantees.
+"""
+
+from threadlock.openai.guard import (
+    RUN_TOKEN_METADATA,
+    ConversationGuard,
+    ConversationTurn,
+    ThreadGuard,
+    ThreadTurn,
+    guard_conversation,
+    guard_thread,
+)
+from threadlock.openai.runs import (
+    ACTIVE_RESPONSE_STATUSES,
+    ACTIVE_RUN_STATUSES,
+    TERMINAL_RESPONSE_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    active_run_in_error,
+    is_conversation_locked,
+)
+
+__all__ = [
+    "ACTIVE_RESPONSE_STATUSES",
+    "ACTIVE_RUN_STATUSES",
+    "RUN_TOKEN_METADATA",
+    "TERMINAL_RESPONSE_STATUSES",
+    "TERMINAL_RUN_STATUSES",
+    "ConversationGuard",
+    "ConversationTurn",
+    "ThreadGuard",
+    "ThreadTurn",
+    "active_run_in_error",
+    "guard_conversation",
+    "guard_thread",
+    "is_conversation_locked",
+]

@@ -1,0 +1,611 @@
+"""``guard_conversation`` and ``guard_thread``: one turn at a time on an OpenAI conversation.
+
+Both guards hold the lease for the whole turn (renewed while runs execute, through
+:meth:`threadlock.ThreadLock.hold`), wait before the body runs for any run or background
+response still active on the conversation, record every run or background response they start
+in the run registry before the create call returns, and always release.
+
+Create calls go through ``client.with_options(max_retries=0)``: the SDK's own retries send no
+idempotency key, so a retried create could post twice or collide with its own run. The guards
+retry what is safe to retry themselves, and reconcile what is not (a run is found again by the
+``threadlock_token`` metadata tag the guard puts on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import openai
+
+from threadlock._validate import check_key, check_timeout, check_ttl
+from threadlock.errors import LeaseLost, ThreadBusy
+from threadlock.openai.runs import (
+    ACTIVE_RESPONSE_STATUSES,
+    ACTIVE_RUN_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    Backoff,
+    active_run_in_error,
+    is_conversation_locked,
+    is_retryable,
+    poll_delay,
+    sleep_within,
+    status_of,
+)
+from threadlock.protocol import ChainStore, RunKind, RunRecord, RunRegistry, ThreadLock
+
+if TYPE_CHECKING:
+    from openai.types.beta.threads import Message, Run
+    from openai.types.responses import Response
+
+    from threadlock._lease import Lease
+    from threadlock.hold import Hold
+
+__all__ = [
+    "RUN_TOKEN_METADATA",
+    "ConversationGuard",
+    "ConversationTurn",
+    "ThreadGuard",
+    "ThreadTurn",
+    "guard_conversation",
+    "guard_thread",
+]
+
+logger = logging.getLogger("threadlock")
+
+#: The metadata key the guard sets on every run it creates, to find it again after a lost
+#: response instead of creating a second one.
+RUN_TOKEN_METADATA = "threadlock_token"  # noqa: S105 - a metadata key, not a secret
+
+_RUN_WAITING_LOG_EVERY = 5.0  # seconds between two ``run.waiting`` log lines for one wait
+_RECONCILE_ATTEMPTS = 3
+_RUN_EXPIRY_SLACK = 5.0  # seconds past a run's expires_at before waiting for it stops
+
+
+def _check_registry(lock: object) -> None:
+    if not isinstance(lock, ThreadLock):
+        raise TypeError(f"lock must be a threadlock.ThreadLock, not {type(lock).__name__}")
+    if not isinstance(lock, RunRegistry):
+        raise TypeError(
+            f"lock must also be a threadlock.RunRegistry to guard OpenAI turns; "
+            f"{type(lock).__name__} does not track runs"
+        )
+
+
+def _check_client(client: object) -> None:
+    if not isinstance(client, openai.AsyncOpenAI):
+        raise TypeError(f"client must be an openai.AsyncOpenAI, not {type(client).__name__}")
+
+
+TurnT = TypeVar("TurnT", bound="_Turn")
+
+
+class _Turn:
+    """What both turn objects share: the lease, the registry, the time budget."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        key: str,
+        lock: ThreadLock,
+        hold: Hold,
+        timeout: float | None,
+    ) -> None:
+        self._client = client
+        self._api = client.with_options(max_retries=0)
+        self._key = key
+        self._lock = lock
+        self._registry: RunRegistry = lock  # type: ignore[assignment]  # checked on entry
+        self._hold = hold
+        self._timeout = timeout
+
+    @property
+    def key(self) -> str:
+        """The lease key: the conversation or thread id, or the chain key."""
+        return self._key
+
+    @property
+    def lease(self) -> Lease:
+        """The current lease (renewals replace it; ``fence`` and ``token`` stay the same)."""
+        return self._hold.lease
+
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else anyio.current_time() + self._timeout
+
+    def _busy(self, what: str, retry_after: float = 1.0) -> ThreadBusy:
+        error = ThreadBusy(self._key, retry_after)
+        error.add_note(what)
+        return error
+
+    async def _track(self, kind: RunKind, run_id: str, thread_id: str) -> None:
+        lease = self.lease
+        owner = getattr(self._lock, "owner", "")
+        record = RunRecord(self._key, kind, run_id, thread_id, time.time(), lease.fence, owner)
+        await self._registry.track_run(record)
+
+    async def _untrack(self, run_id: str) -> None:
+        await self._registry.untrack_run(self._key, run_id)
+
+
+class _Guard(Generic[TurnT]):
+    """Enter: take the lease, then wait for what is still running. Exit: release."""
+
+    def __init__(self, lock: ThreadLock, key: str, ttl: float, timeout: float | None) -> None:
+        self._lock = lock
+        self._key = key
+        self._timeout = timeout
+        self._hold: Hold = lock.hold(key, ttl=ttl, timeout=timeout)  # type: ignore[assignment]
+        self._turn: TurnT | None = None
+
+    def _make_turn(self) -> TurnT:
+        raise NotImplementedError
+
+    async def _before_body(self, turn: TurnT, deadline: float | None) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> TurnT:
+        deadline = None if self._timeout is None else anyio.current_time() + self._timeout
+        await self._hold.__aenter__()
+        turn = self._make_turn()
+        try:
+            await self._before_body(turn, deadline)
+        except BaseException:
+            await self._hold.__aexit__(*sys.exc_info())
+            raise
+        self._turn = turn
+        return turn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._hold.__aexit__(exc_type, exc, tb)
+
+
+async def _wait_until_done(
+    fetch: Any,
+    *,
+    what: str,
+    key: str,
+    active: frozenset[str],
+    deadline: float | None,
+    expires_at: float | None = None,
+) -> Any:
+    """Poll ``fetch()`` (a raw-response call) until the status leaves ``active``.
+
+    It sleeps by the ``openai-poll-after-ms`` hint, else backs off 0.5 -> 2 s with jitter, and
+    stops at ``deadline`` (returning the last object seen) or a while after ``expires_at``.
+    """
+    backoff = Backoff(0.5, 2.0)
+    if expires_at is not None:
+        until_expiry = expires_at - time.time() + _RUN_EXPIRY_SLACK
+        expiry_deadline = anyio.current_time() + max(0.0, until_expiry)
+        deadline = expiry_deadline if deadline is None else min(deadline, expiry_deadline)
+    started = anyio.current_time()
+    logged = started - _RUN_WAITING_LOG_EVERY
+    while True:
+        raw = await fetch()
+        obj = raw.parse()
+        status = status_of(obj)
+        if status not in active:
+            return obj
+        now = anyio.current_time()
+        if now - logged >= _RUN_WAITING_LOG_EVERY:
+            logged = now
+            logger.info(
+                "waiting for %s %s (%s) on %r",
+                what,
+                getattr(obj, "id", "?"),
+                status,
+                key,
+                extra={
+                    "event": "run.waiting",
+                    "key": key,
+                    "run_id": getattr(obj, "id", None),
+                    "status": status,
+                    "waited": now - started,
+                },
+            )
+        if not await sleep_within(poll_delay(raw.headers, backoff.next_delay()), deadline):
+            return obj
+
+
+# -- Responses + Conversations -------------------------------------------------------------
+
+
+class ConversationTurn(_Turn):
+    """One turn on a conversation (or a ``previous_response_id`` chain), inside the lease."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        key: str,
+        lock: ThreadLock,
+        hold: Hold,
+        timeout: float | None,
+        conversation_id: str | None,
+        chain: str | None,
+    ) -> None:
+        super().__init__(client, key, lock, hold, timeout)
+        self.conversation_id = conversation_id
+        self.chain = chain
+
+    async def create(self, **kwargs: Any) -> Response:
+        """``client.responses.create(conversation=..., **kwargs)`` inside the lease.
+
+        It retries ``conversation_locked`` (a process outside the lock is busy on the
+        conversation) with backoff and jitter until the guard's ``timeout``, then raises
+        :class:`~threadlock.ThreadBusy`. A 400 means the request was refused, so a retry never
+        sends the input twice; other errors are raised as they are (the SDK's own retries are
+        off, because they could send it twice). With ``background=True`` the response is
+        recorded in the run registry before this returns; :meth:`wait` waits for it, and the
+        next turn waits for it too. On a chain, ``previous_response_id`` is supplied from the
+        chain head, which then moves to this response (compare-and-set under the lease).
+        """
+        for supplied in ("conversation", "previous_response_id"):
+            if supplied in kwargs and (supplied == "conversation" or self.chain is not None):
+                raise ValueError(f"{supplied} is supplied by the guard; do not pass it")
+        if self.conversation_id is not None:
+            kwargs["conversation"] = self.conversation_id
+        head: str | None = None
+        chains: ChainStore | None = None
+        if self.chain is not None:
+            chains = self._lock  # type: ignore[assignment]  # checked on entry
+            assert chains is not None
+            head = await chains.chain_head(self.chain)
+            if head is not None:
+                kwargs["previous_response_id"] = head
+        response = await self._create_retrying_lock(kwargs)
+        if kwargs.get("background") and status_of(response) in ACTIVE_RESPONSE_STATUSES:
+            await self._track("response", response.id, self.conversation_id or self._key)
+        if chains is not None and not await chains.advance_chain(self.lease, head, response.id):
+            raise LeaseLost(self._key, self.lease.fence, "the chain head moved under the lease")
+        return response
+
+    async def _create_retrying_lock(self, kwargs: dict[str, Any]) -> Response:
+        deadline = self._deadline()
+        backoff = Backoff(0.5, 2.0)
+        while True:
+            try:
+                response: Response = await self._api.responses.create(**kwargs)
+                return response
+            except openai.BadRequestError as error:
+                if not is_conversation_locked(error):
+                    raise
+                delay = backoff.next_delay()
+                logger.info(
+                    "conversation %r is locked by a process outside threadlock; retrying",
+                    self.conversation_id,
+                    extra={"event": "run.conversation_locked", "key": self._key},
+                )
+                if not await sleep_within(delay, deadline):
+                    raise self._busy("conversation_locked retries ran out", delay) from error
+
+    async def wait(self, response: str | Response) -> Response:
+        """Wait for a background response to end (bounded by the guard's ``timeout``).
+
+        A response that ended is removed from the run registry.
+        """
+        response_id = response if isinstance(response, str) else response.id
+        done: Response = await _wait_until_done(
+            lambda: self._client.responses.with_raw_response.retrieve(response_id),
+            what="response",
+            key=self._key,
+            active=ACTIVE_RESPONSE_STATUSES,
+            deadline=self._deadline(),
+        )
+        if status_of(done) not in ACTIVE_RESPONSE_STATUSES:
+            await self._untrack(response_id)
+        return done
+
+
+class ConversationGuard(_Guard[ConversationTurn]):
+    """The async context manager returned by :func:`guard_conversation`."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        conversation_id: str | None,
+        *,
+        lock: ThreadLock,
+        ttl: float,
+        timeout: float | None,
+        chain: str | None,
+    ) -> None:
+        _check_client(client)
+        _check_registry(lock)
+        if conversation_id is None and chain is None:
+            raise ValueError("conversation_id or chain must be given")
+        if conversation_id is not None:
+            check_key(conversation_id, "conversation_id")
+        if chain is not None:
+            check_key(chain, "chain")
+            if not isinstance(lock, ChainStore):
+                raise TypeError(
+                    f"lock must be a threadlock.ChainStore to guard a chain; "
+                    f"{type(lock).__name__} does not keep chain heads"
+                )
+        key = chain if chain is not None else conversation_id
+        assert key is not None
+        super().__init__(lock, key, check_ttl(ttl), check_timeout(timeout))
+        self._client = client
+        self._conversation_id = conversation_id
+        self._chain = chain
+
+    def _make_turn(self) -> ConversationTurn:
+        return ConversationTurn(
+            self._client,
+            self._key,
+            self._lock,
+            self._hold,
+            self._timeout,
+            self._conversation_id,
+            self._chain,
+        )
+
+    async def _before_body(self, turn: ConversationTurn, deadline: float | None) -> None:
+        registry: RunRegistry = self._lock  # type: ignore[assignment]
+        for record in await registry.tracked_runs(self._key):
+            if record.kind != "response":
+                continue
+            try:
+                done = await _wait_until_done(
+                    lambda rid=record.run_id: self._client.responses.with_raw_response.retrieve(
+                        rid
+                    ),
+                    what="response",
+                    key=self._key,
+                    active=ACTIVE_RESPONSE_STATUSES,
+                    deadline=deadline,
+                )
+            except openai.NotFoundError:
+                await registry.untrack_run(self._key, record.run_id)
+                continue
+            if status_of(done) in ACTIVE_RESPONSE_STATUSES:
+                raise turn._busy(f"background response {record.run_id} is still running")
+            await registry.untrack_run(self._key, record.run_id)
+
+
+def guard_conversation(
+    client: openai.AsyncOpenAI,
+    conversation_id: str | None,
+    *,
+    lock: ThreadLock,
+    ttl: float = 30.0,
+    timeout: float | None = 300.0,
+    chain: str | None = None,
+) -> ConversationGuard:
+    """Guard one turn on an OpenAI conversation; ``async with`` yields a
+    :class:`ConversationTurn`.
+
+    The lease key is ``conversation_id`` (so ``lock.inspect(conversation_id)`` shows the
+    turn), or ``chain`` for a ``previous_response_id`` chain, where the guard supplies
+    ``previous_response_id`` itself (``conversation_id`` may then be ``None``). ``timeout``
+    bounds everything waited for before the body runs (the lock, then background responses
+    still running) and the ``conversation_locked`` retries; when it runs out the guard raises
+    :class:`~threadlock.ThreadBusy`. ``lock`` must also be a
+    :class:`~threadlock.RunRegistry` (and a :class:`~threadlock.ChainStore` for chains).
+    """
+    return ConversationGuard(
+        client, conversation_id, lock=lock, ttl=ttl, timeout=timeout, chain=chain
+    )
+
+
+# -- Assistants threads ----------------------------------------------------------------------
+
+
+class ThreadTurn(_Turn):
+    """One turn on an Assistants thread, inside the lease."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        key: str,
+        lock: ThreadLock,
+        hold: Hold,
+        timeout: float | None,
+    ) -> None:
+        super().__init__(client, key, lock, hold, timeout)
+        self.thread_id = key
+
+    async def _retrieve_raw(self, run_id: str) -> Any:
+        return await self._client.beta.threads.runs.with_raw_response.retrieve(
+            run_id, thread_id=self.thread_id
+        )
+
+    async def _wait_run(
+        self, run_id: str, *, active: frozenset[str], deadline: float | None
+    ) -> Run:
+        first_raw = await self._retrieve_raw(run_id)
+        first: Run = first_raw.parse()
+        if status_of(first) not in active:
+            return first
+        expires = getattr(first, "expires_at", None)
+        run: Run = await _wait_until_done(
+            lambda: self._retrieve_raw(run_id),
+            what="run",
+            key=self._key,
+            active=active,
+            deadline=deadline,
+            expires_at=float(expires) if expires else None,
+        )
+        return run
+
+    async def _wait_for_other_run(self, run_id: str, deadline: float | None) -> None:
+        """Wait for a run this turn did not start to reach a terminal status."""
+        run = await self._wait_run(run_id, active=ACTIVE_RUN_STATUSES, deadline=deadline)
+        if status_of(run) in ACTIVE_RUN_STATUSES:
+            raise self._busy(f"run {run_id} on {self.thread_id} is still {status_of(run)}")
+        await self._untrack(run_id)
+
+    async def add_message(self, content: Any, *, role: str = "user", **kwargs: Any) -> Message:
+        """``client.beta.threads.messages.create`` that waits out a run started elsewhere.
+
+        A 400 ``Can't add messages to thread_X while a run run_Y is active.`` makes it wait for
+        ``run_Y`` (bounded by the guard's ``timeout``), then try again.
+        """
+        deadline = self._deadline()
+        while True:
+            try:
+                message: Message = await self._api.beta.threads.messages.create(
+                    self.thread_id,
+                    role=role,  # type: ignore[arg-type]
+                    content=content,
+                    **kwargs,
+                )
+                return message
+            except openai.BadRequestError as error:
+                run_id = active_run_in_error(error)
+                if run_id is None:
+                    raise
+                await self._wait_for_other_run(run_id, deadline)
+
+    async def _find_own_run(self, token: str) -> Run | None:
+        page = await self._client.beta.threads.runs.list(self.thread_id, limit=5)
+        for run in page.data:
+            if (run.metadata or {}).get(RUN_TOKEN_METADATA) == token:
+                return run
+        return None
+
+    async def create(self, **kwargs: Any) -> Run:
+        """``client.beta.threads.runs.create`` exactly once, recorded in the run registry.
+
+        The run carries ``metadata={"threadlock_token": ...}``. After a lost response (a
+        timeout, a connection error, a 5xx or 429) the guard looks for its own run by that tag
+        and adopts it instead of creating a second one; only when it is not there does it try
+        again (at most 3 times). A ``Thread ... already has an active run run_Y.`` error makes
+        it adopt ``run_Y`` if it is its own, or wait for it otherwise. The run is in the
+        registry before this returns.
+        """
+        token = secrets.token_hex(12)
+        metadata = dict(kwargs.pop("metadata", None) or {})
+        metadata[RUN_TOKEN_METADATA] = token
+        deadline = self._deadline()
+        backoff = Backoff(0.5, 2.0)
+        failures = 0
+        while True:
+            try:
+                run: Run = await self._api.beta.threads.runs.create(
+                    self.thread_id, metadata=metadata, **kwargs
+                )
+                break
+            except openai.BadRequestError as error:
+                run_id = active_run_in_error(error)
+                if run_id is None:
+                    raise
+                other = (await self._retrieve_raw(run_id)).parse()
+                if (other.metadata or {}).get(RUN_TOKEN_METADATA) == token:
+                    run = other
+                    break
+                await self._wait_for_other_run(run_id, deadline)
+            except openai.APIError as error:
+                if not is_retryable(error):
+                    raise
+                own = await self._find_own_run(token)
+                if own is not None:
+                    logger.info(
+                        "adopted run %s after a lost response (%s)",
+                        own.id,
+                        type(error).__name__,
+                        extra={"event": "run.adopted", "key": self._key, "run_id": own.id},
+                    )
+                    run = own
+                    break
+                failures += 1
+                if failures >= _RECONCILE_ATTEMPTS:
+                    raise
+                if not await sleep_within(backoff.next_delay(), deadline):
+                    raise
+        await self._track("run", run.id, self.thread_id)
+        if status_of(run) in TERMINAL_RUN_STATUSES:
+            await self._untrack(run.id)
+        return run
+
+    async def wait(self, run: str | Run) -> Run:
+        """Poll until the run is terminal or ``requires_action`` (bounded by ``timeout``).
+
+        At ``requires_action`` the thread is still locked: submit the tool outputs inside the
+        same turn (:meth:`submit_tool_outputs`) and wait again. A terminal run is removed from
+        the registry; one still active when the block exits stays there for recovery.
+        """
+        run_id = run if isinstance(run, str) else run.id
+        active = ACTIVE_RUN_STATUSES - {"requires_action"}
+        done = await self._wait_run(run_id, active=active, deadline=self._deadline())
+        if status_of(done) in TERMINAL_RUN_STATUSES:
+            await self._untrack(run_id)
+        return done
+
+    async def create_and_poll(self, **kwargs: Any) -> Run:
+        """:meth:`create`, then :meth:`wait`: returns at a terminal status or
+        ``requires_action``."""
+        run = await self.create(**kwargs)
+        return await self.wait(run)
+
+    async def submit_tool_outputs(self, run: str | Run, tool_outputs: Any, **kwargs: Any) -> Run:
+        """Submit tool outputs for a ``requires_action`` run, then :meth:`wait` for it."""
+        run_id = run if isinstance(run, str) else run.id
+        await self._api.beta.threads.runs.submit_tool_outputs(
+            run_id, thread_id=self.thread_id, tool_outputs=tool_outputs, **kwargs
+        )
+        return await self.wait(run_id)
+
+
+class ThreadGuard(_Guard[ThreadTurn]):
+    """The async context manager returned by :func:`guard_thread`."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        thread_id: str,
+        *,
+        lock: ThreadLock,
+        ttl: float,
+        timeout: float | None,
+    ) -> None:
+        _check_client(client)
+        _check_registry(lock)
+        check_key(thread_id, "thread_id")
+        super().__init__(lock, thread_id, check_ttl(ttl), check_timeout(timeout))
+        self._client = client
+
+    def _make_turn(self) -> ThreadTurn:
+        return ThreadTurn(self._client, self._key, self._lock, self._hold, self._timeout)
+
+    async def _before_body(self, turn: ThreadTurn, deadline: float | None) -> None:
+        # A thread has at most one active run, the newest: one call finds it.
+        page = await self._client.beta.threads.runs.list(self._key, limit=1)
+        newest = page.data[0] if page.data else None
+        registry: RunRegistry = self._lock  # type: ignore[assignment]
+        for record in await registry.tracked_runs(self._key):
+            if newest is None or record.run_id != newest.id:
+                # Only the newest run can be active: every older one has ended.
+                await registry.untrack_run(self._key, record.run_id)
+        if newest is not None and status_of(newest) in ACTIVE_RUN_STATUSES:
+            await turn._wait_for_other_run(newest.id, deadline)
+
+
+def guard_thread(
+    client: openai.AsyncOpenAI,
+    thread_id: str,
+    *,
+    lock: ThreadLock,
+    ttl: float = 30.0,
+    timeout: float | None = 300.0,
+) -> ThreadGuard:
+    """Guard one turn on an Assistants thread; ``async with`` yields a :class:`ThreadTurn`.
+
+    On entry it takes the lease (key: ``thread_id``), then waits for the thread's active run,
+    if any, to reach a terminal status (``requires_action`` is never taken as free), all
+    within ``timeout``; when that runs out it raises :class:`~threadlock.ThreadBusy`.
+
+    The Assistants API is deprecated; OpenAI's own service shut it down on 2026-08-26, and
+    compatible servers still serve it.
+    """
+    return ThreadGuard(client, thread_id, lock=lock, ttl=ttl, timeout=timeout)

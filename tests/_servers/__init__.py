@@ -1,0 +1,1 @@
+"""Throwaway servers (Postgres, Redis) for tests and benchmarks."""

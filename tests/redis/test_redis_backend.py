@@ -1,0 +1,258 @@
+"""The Redis backend's own behaviour: key hygiene, scripts, URLs, errors."""
+
+from __future__ import annotations
+
+import re
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+import threadlock
+from _servers.redis_server import RedisServer, free_port
+from threadlock import Lease
+from threadlock.backends.redis import RedisThreadLock
+from threadlock.errors import BackendError, LeaseLost, ThreadBusy
+
+pytestmark = pytest.mark.anyio
+
+KEY_SHAPE = re.compile(r"^(?P<prefix>.+):\{[0-9a-f]{32}\}:(lease|fence|queue|beat|meta)$")
+ODD_KEYS = ["'; DROP TABLE x; --", "*", "?", "[a-z]", "{a}b}", "}{", "{}", "käse 🧀", "a\\b", "%d"]
+
+
+async def raw_keys(lock: RedisThreadLock) -> dict[str, int]:
+    """Every Redis key under the lock's prefix, with its PTTL in ms."""
+    client = lock.client
+    found = {}
+    async for name in client.scan_iter(match=f"{lock.prefix}:*", count=1000):
+        text = name.decode() if isinstance(name, bytes) else name
+        found[text] = await client.pttl(text)
+    return found
+
+
+async def wait_for_waiters(lock: RedisThreadLock, key: str, count: int) -> None:
+    with anyio.fail_after(20):
+        while True:
+            info = await lock.inspect(key)
+            if info is not None and info.waiters >= count:
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_every_key_has_a_ttl_and_a_free_key_leaves_only_its_fence(
+    redis_lock: RedisThreadLock,
+) -> None:
+    lease = await redis_lock.acquire("ttl-check", ttl=5.0)
+    keys = await raw_keys(redis_lock)
+    assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["fence", "lease"]
+    assert all(0 < ttl <= 5_000 + 3_600_000 for ttl in keys.values())
+
+    async def waiter() -> None:
+        got = await redis_lock.acquire("ttl-check", ttl=5.0, timeout=None)
+        await redis_lock.release(got)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_for_waiters(redis_lock, "ttl-check", 1)
+        keys = await raw_keys(redis_lock)
+        assert sorted(k.rsplit(":", 1)[1] for k in keys) == [
+            "beat",
+            "fence",
+            "lease",
+            "meta",
+            "queue",
+        ]
+        for name, ttl in keys.items():
+            assert ttl > 0, name
+            if not name.endswith((":fence", ":lease")):
+                assert ttl <= redis_lock.grace * 1000 + 1, name  # the waiter's heartbeat
+        assert await redis_lock.release(lease)
+    keys = await raw_keys(redis_lock)
+    assert [k.rsplit(":", 1)[1] for k in keys] == ["fence"]
+    assert 0 < next(iter(keys.values())) <= 5_000 + 3_600_000
+
+
+async def test_token_is_not_stored_and_user_key_only_as_a_value(
+    redis_lock: RedisThreadLock,
+) -> None:
+    lease = await redis_lock.acquire("secret-key", ttl=5.0)
+    keys = await raw_keys(redis_lock)
+    for name in keys:
+        assert "secret-key" not in name
+        assert KEY_SHAPE.match(name)
+    lease_key = next(k for k in keys if k.endswith(":lease"))
+    values = await redis_lock.client.hgetall(lease_key)
+    flat = b" ".join(list(values.keys()) + list(values.values()))
+    assert lease.token.encode() not in flat
+    assert b"secret-key" in flat
+    assert await redis_lock.release(lease)
+
+
+async def test_fail_fast_leaves_no_queue_and_reports_the_holder(
+    redis_lock: RedisThreadLock,
+) -> None:
+    holder = await redis_lock.acquire("ff", ttl=30.0)
+    with pytest.raises(ThreadBusy) as busy:
+        await redis_lock.acquire("ff", ttl=30.0, timeout=0)
+    assert 25.0 < busy.value.retry_after <= 30.0  # from the server: the holder's ttl left
+    assert busy.value.holder is not None
+    assert busy.value.holder.owner.startswith(redis_lock.owner)
+    assert sorted(k.rsplit(":", 1)[1] for k in await raw_keys(redis_lock)) == ["fence", "lease"]
+    assert await redis_lock.release(holder)
+
+
+async def test_fences_increase_after_all_data_is_lost(redis_lock: RedisThreadLock) -> None:
+    first = await redis_lock.acquire("flushed", ttl=30.0)
+    for name in await raw_keys(redis_lock):
+        await redis_lock.client.delete(name)  # as a restart without persistence would
+    assert await redis_lock.release(first) is False
+    with pytest.raises(LeaseLost):
+        await redis_lock.extend(first)
+    second = await redis_lock.acquire("flushed", ttl=30.0, timeout=0)
+    assert second.fence > first.fence
+    assert await redis_lock.release(second)
+
+
+async def test_every_operation_survives_script_flush(redis_lock: RedisThreadLock) -> None:
+    async def flush() -> None:
+        await redis_lock.client.script_flush()
+
+    await flush()
+    lease = await redis_lock.acquire("flush", ttl=30.0)
+    await flush()
+    lease = await redis_lock.extend(lease, ttl=40.0)
+    await flush()
+    info = await redis_lock.inspect("flush")
+    assert info is not None
+    assert info.fence == lease.fence
+    await flush()
+    assert [i.key for i in await redis_lock.held()] == ["flush"]
+    await flush()
+    with pytest.raises(ThreadBusy):
+        await redis_lock.acquire("flush", ttl=30.0, timeout=0)
+    await flush()
+    with pytest.raises(ThreadBusy):  # waits, then leaves the queue
+        await redis_lock.acquire("flush", ttl=30.0, timeout=0.2)
+    got: list[Lease] = []
+
+    async def waiter() -> None:
+        got.append(await redis_lock.acquire("flush", ttl=30.0, timeout=None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_for_waiters(redis_lock, "flush", 1)
+        await flush()
+        assert await redis_lock.release(lease)  # hand-off after a flush
+    assert got[0].fence > lease.fence
+    await flush()
+    assert await redis_lock.release(got[0])
+    assert await redis_lock.held() == []
+
+
+async def test_odd_keys_stay_ordinary_keys_across_instances(redis_url: str, prefix: str) -> None:
+    async with (
+        RedisThreadLock.from_url(redis_url, prefix=prefix) as a,
+        RedisThreadLock.from_url(redis_url, prefix=prefix) as b,
+    ):
+        leases = {key: await a.acquire(key, ttl=30.0, timeout=0) for key in ODD_KEYS}
+        assert len({lease.fence for lease in leases.values()}) == len(ODD_KEYS)
+        for key in ODD_KEYS:
+            with pytest.raises(ThreadBusy):
+                await b.acquire(key, ttl=30.0, timeout=0)
+            info = await b.inspect(key)
+            assert info is not None
+            assert info.key == key
+        assert sorted(i.key for i in await b.held()) == sorted(ODD_KEYS)
+        for name in await raw_keys(a):
+            match = KEY_SHAPE.match(name)
+            assert match is not None
+            assert match["prefix"] == prefix
+        # A lease on one odd key releases nothing else.
+        assert await b.release(leases["*"])
+        assert await b.inspect("*") is None
+        assert len(await a.held()) == len(ODD_KEYS) - 1
+        for key, lease in leases.items():
+            assert await a.release(lease) is (key != "*")
+        assert await b.held() == []
+
+
+async def test_prefixes_do_not_see_each_other(redis_url: str, prefix: str) -> None:
+    async with (
+        RedisThreadLock.from_url(redis_url, prefix=prefix + "-a*") as a,
+        RedisThreadLock.from_url(redis_url, prefix=prefix + "-a") as b,
+    ):
+        lease = await a.acquire("same", ttl=30.0)
+        assert await b.held() == []
+        other = await b.acquire("same", ttl=30.0, timeout=0)
+        assert [i.fence for i in await a.held()] == [lease.fence]
+        assert await a.release(lease)
+        assert await b.release(other)
+
+
+async def test_backend_errors_are_wrapped(prefix: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.5"
+    async with RedisThreadLock.from_url(url, prefix=prefix) as lock:
+        lease = Lease("k", "0" * 32, 1, 1.0, 0.0, 1.0)
+        for call in (
+            lambda: lock.acquire("k", timeout=0),
+            lambda: lock.acquire("k", timeout=1.0),
+            lambda: lock.release(lease),
+            lambda: lock.extend(lease),
+            lambda: lock.inspect("k"),
+            lock.held,
+        ):
+            with pytest.raises(BackendError) as error:
+                await call()
+            assert error.value.__cause__ is not None
+
+
+async def test_unix_socket_url(tmp_path: object, prefix: str) -> None:
+    server = RedisServer()
+    socket_path = server.dir / "redis.sock"
+    server.args += ["--unixsocket", str(socket_path), "--unixsocketperm", "700"]
+    with server:
+        lock = threadlock.from_url(f"unix://{socket_path}?db=0", prefix=prefix)
+        assert isinstance(lock, RedisThreadLock)
+        async with lock:
+            lease = await lock.acquire("unix", ttl=5.0, timeout=0)
+            assert await lock.release(lease)
+
+
+def test_from_url_forms_build_without_connecting() -> None:
+    port = free_port()  # nothing listens there: building must not connect
+    plain = threadlock.from_url(f"redis://:p%40ss@127.0.0.1:{port}/3?threadlock_prefix=bots")
+    assert isinstance(plain, RedisThreadLock)
+    assert plain.prefix == "bots"
+    kwargs = plain.client.connection_pool.connection_kwargs
+    assert (kwargs["password"], kwargs["db"]) == ("p@ss", 3)
+
+    tls = threadlock.from_url(f"rediss://default:secret@127.0.0.1:{port}/0", owner="me")
+    assert isinstance(tls, RedisThreadLock)
+    assert tls.owner == "me"
+    assert "SSL" in tls.client.connection_pool.connection_class.__name__
+
+    cluster = threadlock.from_url(f"redis+cluster://127.0.0.1:{port}/0", prefix="c")
+    assert isinstance(cluster, RedisThreadLock)
+    assert isinstance(cluster.client, RedisCluster)
+
+    sentinel = threadlock.from_url(
+        f"redis+sentinel://:pw@127.0.0.1:{port},127.0.0.2:{port}/mymaster/2"
+    )
+    assert isinstance(sentinel, RedisThreadLock)
+    assert isinstance(sentinel.client, aioredis.Redis)
+    assert sentinel.client.connection_pool.service_name == "mymaster"
+
+    env = threadlock.from_env({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port)})
+    assert isinstance(env, RedisThreadLock)
+    upstash = threadlock.from_env({"UPSTASH_REDIS_URL": f"rediss://x:y@127.0.0.1:{port}"})
+    assert isinstance(upstash, RedisThreadLock)
+
+    with pytest.raises(ValueError, match="prefix"):
+        RedisThreadLock.from_url(f"redis://127.0.0.1:{port}", prefix="a{b}")
+    with pytest.raises(ValueError, match="prefix"):
+        RedisThreadLock.from_url(f"redis://127.0.0.1:{port}", prefix="")
+    with pytest.raises(TypeError, match="client"):
+        RedisThreadLock("redis://localhost")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="service name"):
+        RedisThreadLock.from_url(f"redis+sentinel://127.0.0.1:{port}")

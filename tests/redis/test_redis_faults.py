@@ -1,0 +1,160 @@
+"""Faults against real servers: restarts, killed waiters, killed connections, many processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from _servers.redis_server import RedisServer
+from threadlock import Lease
+from threadlock.backends.redis import RedisThreadLock
+from threadlock.errors import LeaseLost
+
+pytestmark = pytest.mark.anyio
+
+WORKER = Path(__file__).with_name("redis_worker.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+async def wait_for_waiters(lock: RedisThreadLock, key: str, count: int, limit: float = 30) -> None:
+    with anyio.fail_after(limit):
+        while True:
+            info = await lock.inspect(key)
+            if info is not None and info.waiters >= count:
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_restart_without_data_mid_hold_cancels_body_with_lease_lost(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    ttl = 1.0
+    reached_end = False
+    async with RedisThreadLock.from_url(private_redis.url, prefix=prefix) as lock:
+        started = anyio.current_time()
+        with anyio.fail_after(ttl * 10), pytest.raises(LeaseLost) as lost:
+            async with lock.hold("restart", ttl=ttl) as lease:
+                await anyio.to_thread.run_sync(private_redis.restart)
+                await anyio.sleep(60)
+                reached_end = True
+        assert not reached_end
+        assert lost.value.fence == lease.fence
+        assert anyio.current_time() - started < ttl * 10
+        after = await lock.acquire("restart", ttl=5.0, timeout=0)
+        assert after.fence > lease.fence
+        assert await lock.release(after)
+
+
+async def test_sigkilled_waiter_is_skipped_within_the_grace(redis_url: str, prefix: str) -> None:
+    grace = 1.5
+    key = "sigkill"
+    async with RedisThreadLock.from_url(redis_url, prefix=prefix, grace=grace) as lock:
+        holder = await lock.acquire(key, ttl=60.0)
+        proc = spawn("wait", redis_url, prefix, key, str(grace))
+        try:
+            await wait_for_waiters(lock, key, 1)
+            got: list[Lease] = []
+
+            async def live_waiter() -> None:
+                got.append(await lock.acquire(key, ttl=60.0, timeout=None))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(live_waiter)
+                await wait_for_waiters(lock, key, 2)
+                proc.kill()  # SIGKILL: it leaves its queue entry (and a fresh heartbeat)
+                proc.wait(10)
+                # The key goes to the dead waiter first: it never claims it, so it passes on
+                # within the grace, not after the 60 s ttl.
+                released_at = anyio.current_time()
+                assert await lock.release(holder)
+                with anyio.fail_after(grace + 3.0):
+                    while not got:
+                        await anyio.sleep(0.01)
+                waited = anyio.current_time() - released_at
+            assert waited < grace + 3.0
+            assert got[0].fence > holder.fence
+            assert await lock.release(got[0])
+            assert await lock.inspect(key) is None
+        finally:
+            proc.kill()
+            proc.wait(10)
+            assert proc.stdout is not None
+            assert "GOT" not in proc.stdout.read()
+
+
+async def test_subscriber_reconnects_after_client_kill(redis_url: str, prefix: str) -> None:
+    # grace=60: heartbeats every 20 s, holder ttl 60 s; only the notification can wake the
+    # waiter within the bound below.
+    key = "client-kill"
+    async with RedisThreadLock.from_url(redis_url, prefix=prefix, grace=60.0) as lock:
+        for _ in range(2):
+            holder = await lock.acquire(key, ttl=60.0)
+            got: list[Lease] = []
+
+            async def waiter() -> None:
+                got.append(await lock.acquire(key, ttl=60.0, timeout=None))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await wait_for_waiters(lock, key, 1)
+                await anyio.sleep(0.1)  # let the subscription confirm
+                killed = await lock.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                assert int(killed) >= 1
+                # Wait for the subscriber to come back before the hand-off.
+                with anyio.fail_after(10):
+                    while True:
+                        clients = await lock.client.client_list(_type="pubsub")
+                        if clients:
+                            break
+                        await anyio.sleep(0.02)
+                await anyio.sleep(0.1)
+                assert await lock.release(holder)
+                with anyio.fail_after(5.0):
+                    while not got:
+                        await anyio.sleep(0.005)
+            assert await lock.release(got[0])
+
+
+async def test_exclusion_across_four_processes(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    per_process = 500
+    outs = [tmp_path / f"sections-{i}.txt" for i in range(4)]
+    procs = [
+        spawn("sections", redis_url, prefix, "shared", str(per_process), str(out)) for out in outs
+    ]
+
+    def join() -> None:
+        for proc in procs:
+            _, err = proc.communicate(timeout=100)
+            assert proc.returncode == 0, err
+
+    await anyio.to_thread.run_sync(join)
+    rows = []
+    for out in outs:
+        for line in out.read_text().splitlines():
+            fence, start, end = map(int, line.split())
+            rows.append((start, end, fence))
+    assert len(rows) == 4 * per_process
+    rows.sort()
+    for (_, e1, f1), (s2, _, f2) in itertools.pairwise(rows):
+        assert e1 <= s2, "two sections overlapped"
+        assert f1 < f2, "fences did not increase in time order"

@@ -59,4 +59,3 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     )
     assert done.returncode == EXIT_OK, done.stderr
     assert "no locks held" in done.stdout
-

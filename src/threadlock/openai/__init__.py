@@ -1,8 +1,9 @@
 """Guards for OpenAI conversations and Assistants threads.
 
 ``guard_conversation`` serialises turns on a Responses API conversation (or a
-``previous_response_id`` chain), ``guard_thread`` on an Assistants thread. See
-:mod:`threadlock.openai.guard` for what each guarantees.
+``previous_response_id`` chain), ``guard_thread`` on an Assistants thread (see
+:mod:`threadlock.openai.guard`); ``recover_orphaned_runs`` cancels what a crashed worker left
+running (see :mod:`threadlock.openai.recovery`).
 """
 
 from threadlock.openai.guard import (
@@ -14,6 +15,7 @@ from threadlock.openai.guard import (
     guard_conversation,
     guard_thread,
 )
+from threadlock.openai.recovery import RecoveryReport, recover_orphaned_runs
 from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
     ACTIVE_RUN_STATUSES,
@@ -31,10 +33,12 @@ __all__ = [
     "TERMINAL_RUN_STATUSES",
     "ConversationGuard",
     "ConversationTurn",
+    "RecoveryReport",
     "ThreadGuard",
     "ThreadTurn",
     "active_run_in_error",
     "guard_conversation",
     "guard_thread",
     "is_conversation_locked",
+    "recover_orphaned_runs",
 ]

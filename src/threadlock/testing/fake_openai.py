@@ -514,6 +514,8 @@ class FakeOpenAI:
       (0: cancelled at once).
     * ``poll_after_ms``: the ``openai-poll-after-ms`` header sent with runs, which the SDK's
       ``poll``/``create_and_poll`` use as their polling interval.
+    * ``latency``: seconds every request spends in flight before it is served (network and
+      server time), so concurrency limits show up in ``max_in_flight``.
     * ``reply``: builds the assistant's answer from the user text of the turn (default
       ``"Reply to: <text>"``).
 
@@ -540,6 +542,7 @@ class FakeOpenAI:
         queue_duration: float = 0.01,
         cancel_duration: float = 0.05,
         poll_after_ms: int = 20,
+        latency: float = 0.0,
         reply: Callable[[str], str] | None = None,
         base_url: str = _DEFAULT_BASE_URL,
     ) -> None:
@@ -553,6 +556,7 @@ class FakeOpenAI:
         if poll_after_ms < 0:
             raise ValueError("poll_after_ms must be >= 0")
         self.poll_after_ms = poll_after_ms
+        self.latency = _check_duration("latency", latency)
         self.base_url = base_url.rstrip("/")
         self._reply = reply or _default_reply
 
@@ -939,6 +943,8 @@ class FakeOpenAI:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.latency:
+                await anyio.sleep(self.latency)
             path = raw_path
             base_path = re.sub(r"^[a-z]+://[^/]*", "", self.base_url)
             if base_path and path.startswith(base_path + "/"):

@@ -1,0 +1,132 @@
+"""In-process adapters: threadlock's memory backend and the in-process baselines.
+
+* ``memory``: ``MemoryThreadLock.acquire`` / ``release`` (the primitives).
+* ``memory-hold``: the same backend through ``lock.hold()`` (task group and renewal task),
+  which is what applications use.
+* ``asyncio-lock``: the baseline of the issue, a ``dict`` of ``asyncio.Lock`` keyed by key
+  (asyncio only). Its waiters queue FIFO, but a release only wakes the head waiter, which
+  takes the lock when it next runs (no direct hand-off), and the dict is never pruned.
+* ``anyio-lock``: a ``dict`` of ``anyio.Lock``, for reference on trio too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import anyio
+
+from benchmarks.adapter import AdapterConfig, Capabilities, register_adapter
+from benchmarks.targets import Ref, Target, register_targets
+from threadlock import Lease, MemoryThreadLock
+
+__all__ = ["AnyioLockAdapter", "AsyncioLockAdapter", "MemoryAdapter", "MemoryHoldAdapter"]
+
+
+class MemoryAdapter:
+    name = "memory"
+    capabilities = Capabilities(exclusive=True, fifo=True)
+
+    def __init__(self, config: AdapterConfig) -> None:
+        self._ttl = float(config.get("memory_ttl", "30") or 30)
+        self._lock = MemoryThreadLock()
+
+    async def setup(self) -> None:
+        return None
+
+    async def teardown(self) -> None:
+        await self._lock.aclose()
+
+    async def acquire(self, key: str) -> Lease:
+        return await self._lock.acquire(key, ttl=self._ttl, timeout=None)
+
+    async def release(self, handle: Lease) -> None:
+        await self._lock.release(handle)
+
+
+class MemoryHoldAdapter:
+    name = "memory-hold"
+    capabilities = Capabilities(exclusive=True, fifo=True)
+
+    def __init__(self, config: AdapterConfig) -> None:
+        self._ttl = float(config.get("memory_ttl", "30") or 30)
+        self._lock = MemoryThreadLock()
+
+    async def setup(self) -> None:
+        return None
+
+    async def teardown(self) -> None:
+        await self._lock.aclose()
+
+    async def acquire(self, key: str) -> AbstractAsyncContextManager[Lease]:
+        cm = self._lock.hold(key, ttl=self._ttl, timeout=None)
+        await cm.__aenter__()
+        return cm
+
+    async def release(self, handle: AbstractAsyncContextManager[Lease]) -> None:
+        await handle.__aexit__(None, None, None)
+
+
+class AsyncioLockAdapter:
+    name = "asyncio-lock"
+    capabilities = Capabilities(exclusive=True, fifo=False, loops=frozenset({"asyncio"}))
+
+    def __init__(self, config: AdapterConfig) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def setup(self) -> None:
+        return None
+
+    async def teardown(self) -> None:
+        self._locks.clear()
+
+    async def acquire(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        await lock.acquire()
+        return lock
+
+    async def release(self, handle: asyncio.Lock) -> None:
+        handle.release()
+
+
+class AnyioLockAdapter:
+    name = "anyio-lock"
+    capabilities = Capabilities(exclusive=True, fifo=True)
+
+    def __init__(self, config: AdapterConfig) -> None:
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def setup(self) -> None:
+        return None
+
+    async def teardown(self) -> None:
+        self._locks.clear()
+
+    async def acquire(self, key: str) -> anyio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = anyio.Lock()
+        await lock.acquire()
+        return lock
+
+    async def release(self, handle: Any) -> None:
+        handle.release()
+
+
+register_adapter("memory", MemoryAdapter, description="MemoryThreadLock acquire/release")
+register_adapter("memory-hold", MemoryHoldAdapter, description="MemoryThreadLock via hold()")
+register_adapter("asyncio-lock", AsyncioLockAdapter, description="dict of asyncio.Lock")
+register_adapter("anyio-lock", AnyioLockAdapter, description="dict of anyio.Lock")
+
+#: The memory backend's goals from issue 2, against the asyncio.Lock baseline.
+BASELINE = Ref("asyncio-lock")
+register_targets(
+    Target("memory", "S1", "pairs_per_s", ">=", 0.2, ref=BASELINE),
+    Target("memory", "S2", "handoff_p99_us", "<", 100.0),
+    Target("memory", "S2", "self_reacquire_pct", "<=", 0.0),
+    Target("memory", "S3", "inversions", "<=", 0.0),
+    Target("memory", "S3", "drain_ms", "<=", 1.3, ref=BASELINE),
+)

@@ -1,0 +1,166 @@
+"""Smoke tests of the benchmark harness (``benchmarks/``). No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"S1", "S2", "S3", "S4"}
+
+
+def test_quick_run_writes_json_and_markdown_with_every_scenario(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--adapters",
+            "memory,asyncio-lock",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "smoke",
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "smoke.json").read_text(encoding="utf-8"))
+    assert set(doc["scenarios"]) == SCENARIOS
+    for section in doc["scenarios"].values():
+        for name in ("memory", "asyncio-lock"):
+            cell = section["results"][name]
+            assert cell["status"] == "ok", cell
+            assert cell["metrics"]
+    assert doc["machine"]["python"]
+    assert doc["machine"]["cpu_count"]
+    assert "git_commit" in doc["machine"]
+    assert doc["settings"]["s2_tasks"] == 8
+    checked = {(t["scenario"], t["metric"]) for t in doc["targets"]}
+    assert ("S1", "pairs_per_s") in checked
+    assert ("S2", "handoff_p99_us") in checked
+    assert ("S3", "inversions") in checked
+    assert all(t["status"] in {"PASS", "MISS"} for t in doc["targets"])
+    md = (tmp_path / "smoke.md").read_text(encoding="utf-8")
+    assert md.startswith("# Benchmark results: smoke")
+    assert "## Targets" in md
+    assert "PASS" in proc.stderr or "MISS" in proc.stderr
+
+
+class _Floor:
+    """A non-lock reference (like PING): S1 only."""
+
+    name = "test-floor"
+
+    def __init__(self) -> None:
+        from benchmarks.adapter import Capabilities
+
+        self.capabilities = Capabilities(exclusive=False)
+
+    async def setup(self) -> None: ...
+
+    async def teardown(self) -> None: ...
+
+    async def acquire(self, key: str) -> str:
+        return key
+
+    async def release(self, handle: Any) -> None: ...
+
+
+class _Barging:
+    """A polling lock: the releaser re-acquires before any poller wakes (unfair)."""
+
+    name = "test-barging"
+
+    def __init__(self) -> None:
+        from benchmarks.adapter import Capabilities
+
+        self.capabilities = Capabilities(max_tasks=16)
+        self.held: set[str] = set()
+
+    async def setup(self) -> None: ...
+
+    async def teardown(self) -> None: ...
+
+    async def acquire(self, key: str) -> str:
+        while key in self.held:
+            await anyio.sleep(0.0005)
+        self.held.add(key)
+        return key
+
+    async def release(self, handle: str) -> None:
+        self.held.discard(handle)
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(ROOT))
+    import benchmarks.adapter
+    import benchmarks.runner
+    import benchmarks.scenarios
+    import benchmarks.targets
+
+    return benchmarks
+
+
+def test_capabilities_skip_scenarios_and_metrics_see_unfairness(bench: Any) -> None:
+    from benchmarks.adapter import Adapter, AdapterConfig
+    from benchmarks.adapters_memory import MemoryAdapter
+    from benchmarks.runner import run_all
+    from benchmarks.scenarios import SCENARIOS, Settings
+
+    config = AdapterConfig(options={}, loop="asyncio", run_id="t")
+    adapters: list[Adapter] = [MemoryAdapter(config), _Floor(), _Barging()]
+    settings = Settings.quick()
+
+    async def go() -> Any:
+        return await run_all(adapters, list(SCENARIOS.values()), settings, run_id="t")
+
+    results = anyio.run(go)
+    assert results["S1"]["test-floor"].status == "ok"
+    for sc in ("S2", "S3", "S4"):
+        assert results[sc]["test-floor"].status == "skipped"
+    assert results["S4"]["test-barging"].status == "skipped"  # 64 tasks > max_tasks
+    assert "64" in results["S4"]["test-barging"].note
+    assert results["S2"]["memory"].metrics["self_reacquire_pct"] == 0.0
+    assert results["S2"]["test-barging"].metrics["self_reacquire_pct"] > 50.0
+    assert results["S3"]["memory"].metrics["inversions"] == 0.0
+
+
+def test_targets_are_data_and_skip_without_their_reference(bench: Any) -> None:
+    from benchmarks.targets import Ref, Target, evaluate, register_targets, targets
+
+    before = targets()
+    register_targets(
+        Target("x-lock", "S1", "pairs_per_s", ">=", 0.5, ref=Ref("x-base")),
+        Target("x-lock", "S2", "handoff_p50_us", "<=", 2.0, ref=Ref("x-ping", "S1", "pair_p50_us")),
+    )
+    try:
+        metrics = {
+            "S1": {"x-lock": {"pairs_per_s": 60.0}, "x-ping": {"pair_p50_us": 10.0}},
+            "S2": {"x-lock": {"handoff_p50_us": 25.0}},
+        }
+        outcomes = {o.target.scenario: o for o in evaluate(metrics, {"x-lock", "x-ping"})}
+        assert outcomes["S1"].status == "SKIP"
+        assert "x-base" in outcomes["S1"].reason
+        assert outcomes["S2"].status == "MISS"
+        assert outcomes["S2"].ratio == 2.5
+        metrics["S1"]["x-base"] = {"pairs_per_s": 100.0}
+        s1 = next(o for o in evaluate(metrics, {"x-lock"}) if o.target.scenario == "S1")
+        assert s1.status == "PASS"
+        assert s1.ratio == 0.6
+    finally:
+        import benchmarks.targets
+
+        benchmarks.targets._TARGETS[:] = before

@@ -19,7 +19,6 @@ MUTANTS = textwrap.dedent(
     import anyio
 
     from threadlock import Lease, LeaseLost, MemoryThreadLock
-    from threadlock.backends.memory import _Holder
     from threadlock.testing import backend_conformance
 
 
@@ -84,7 +83,7 @@ MUTANTS = textwrap.dedent(
         async def _acquire(self, key, ttl, timeout):
             entry = self._entries.get(key)
             if entry is not None and entry.holder is None:
-                holder = _Holder(self._next_fence(), ttl, self._task_owner())
+                holder = self._new_holder(ttl, self._task_owner())
                 entry.holder = holder
                 return holder.lease(key)
             return await super()._acquire(key, ttl, timeout)

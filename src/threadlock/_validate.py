@@ -18,10 +18,15 @@ def check_key(key: object, name: str = "key") -> str:
         raise ValueError(f"{name} must not be empty")
     if "\x00" in key:
         raise ValueError(f"{name} must not contain NUL characters")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{name} must be encodable as UTF-8 (lone surrogates are not)") from exc
+    if key.isascii():
+        size = len(key)
+    else:
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name} must be encodable as UTF-8 (lone surrogates are not)"
+            ) from exc
     if size > MAX_KEY_BYTES:
         raise ValueError(f"{name} must be at most {MAX_KEY_BYTES} UTF-8 bytes, got {size}")
     return key

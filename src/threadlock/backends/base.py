@@ -9,6 +9,7 @@ never changes its state.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import socket
 from types import TracebackType
@@ -21,7 +22,7 @@ from threadlock._validate import check_key, check_positive, check_timeout, check
 from threadlock.errors import BackendError
 from threadlock.hold import DEFAULT_RELEASE_TIMEOUT, Hold
 
-__all__ = ["DEFAULT_GRACE", "BaseThreadLock", "default_owner"]
+__all__ = ["DEFAULT_GRACE", "BaseThreadLock", "current_task_name", "default_owner"]
 
 #: Seconds after which a waiter whose process died is skipped (SPEC §3.1).
 DEFAULT_GRACE = 5.0
@@ -30,6 +31,20 @@ DEFAULT_GRACE = 5.0
 def default_owner() -> str:
     """``host:pid``, the default owner prefix of a backend."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def current_task_name() -> str:
+    """The name of the running task: asyncio's directly (cheap), else anyio's (trio)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running: trio, or outside any loop
+        task = None
+    if task is not None:
+        return task.get_name()
+    try:
+        return anyio.get_current_task().name
+    except RuntimeError:  # pragma: no cover - outside any event loop
+        return "?"
 
 
 def _check_lease(lease: object) -> Lease:
@@ -73,11 +88,7 @@ class BaseThreadLock(abc.ABC):
         return self._grace
 
     def _task_owner(self) -> str:
-        try:
-            task = anyio.get_current_task().name
-        except RuntimeError:  # pragma: no cover - not inside an event loop
-            task = "?"
-        return f"{self._owner}:{task}"
+        return f"{self._owner}:{current_task_name()}"
 
     def _check_open(self) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ How it keeps its promises:
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections import deque
@@ -41,9 +42,9 @@ _SWEEP_MIN_OPS = 1024
 class _Holder:
     __slots__ = ("acquired_at", "deadline", "expires_at", "fence", "owner", "token", "ttl")
 
-    def __init__(self, fence: int, ttl: float, owner: str) -> None:
+    def __init__(self, token: str, fence: int, ttl: float, owner: str) -> None:
         now_wall = time.time()
-        self.token = secrets.token_hex(16)
+        self.token = token
         self.fence = fence
         self.ttl = ttl
         self.owner = owner
@@ -86,6 +87,11 @@ class MemoryThreadLock(BaseThreadLock):
         self._entries: dict[str, _Entry] = {}
         self._last_fence = 0
         self._ops = 0
+        # Tokens: a random per-instance prefix and a counter. They only need to be unique and
+        # unforgeable by other holders in this process, which can see the backend anyway;
+        # one getrandom() per grant would be most of an uncontended acquire.
+        self._token_prefix = secrets.token_hex(8)
+        self._token_counter = itertools.count()
         self._runs: dict[str, dict[str, RunRecord]] = {}
         self._chains: dict[str, str] = {}
 
@@ -100,6 +106,10 @@ class MemoryThreadLock(BaseThreadLock):
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _new_holder(self, ttl: float, owner: str) -> _Holder:
+        token = f"{self._token_prefix}{next(self._token_counter):016x}"
+        return _Holder(token, self._next_fence(), ttl, owner)
+
     def _next_fence(self) -> int:
         fence = max(self._last_fence + 1, time.time_ns() // 1000)
         self._last_fence = fence
@@ -109,10 +119,12 @@ class MemoryThreadLock(BaseThreadLock):
         """The holder is gone: hand the key to the head waiter, or delete the entry."""
         if entry.waiters:
             waiter = entry.waiters.popleft()
-            holder = _Holder(self._next_fence(), waiter.ttl, waiter.owner)
+            holder = self._new_holder(waiter.ttl, waiter.owner)
             entry.holder = holder
             waiter.lease = holder.lease(key)
             waiter.event.set()
+            if entry.waiters:  # the new head must arm a timer for the new holder's expiry
+                entry.waiters[0].event.set()
         else:
             entry.holder = None
             del self._entries[key]
@@ -170,13 +182,11 @@ class MemoryThreadLock(BaseThreadLock):
         owner = self._task_owner()
         entry = self._current(key)
         if entry is None:
-            # Cancellation is delivered before the grant; after it, only a shielded yield.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            if (entry := self._current(key)) is None:
-                holder = _Holder(self._next_fence(), ttl, owner)
-                self._entries[key] = _Entry(holder)
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-                return holder.lease(key)
+            # A free key is granted without yielding (as asyncio.Lock does): there is no
+            # await between the check and the grant, so a cancellation cannot split them.
+            holder = self._new_holder(ttl, owner)
+            self._entries[key] = _Entry(holder)
+            return holder.lease(key)
         if timeout == 0:
             await anyio.lowlevel.checkpoint()
             raise self._busy(key, entry)
@@ -185,31 +195,41 @@ class MemoryThreadLock(BaseThreadLock):
         entry.waiters.append(waiter)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while waiter.lease is None:
+            while True:
                 if self._closed:
                     raise BackendError("MemoryThreadLock was closed while waiting")
-                now = time.monotonic()
+                # Sleep until the hand-off; only the head waiter also wakes when the holder
+                # expires (a new head is nudged by _grant_next, or by a leaving head).
+                wake = deadline
                 current = entry.holder
-                # Wait for the hand-off; the head waiter also wakes when the holder expires.
-                wait = current.deadline - now if current is not None else 0.0
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                if wait > 0:
-                    with anyio.move_on_after(wait):
-                        await waiter.event.wait()
+                if current is not None and entry.waiters and entry.waiters[0] is waiter:
+                    wake = current.deadline if wake is None else min(wake, current.deadline)
+                if wake is None:
+                    await waiter.event.wait()
+                else:
+                    delay = wake - time.monotonic()
+                    if delay > 0:
+                        with anyio.move_on_after(delay):
+                            await waiter.event.wait()
                 if waiter.lease is None:
                     self._current(key)  # retires an expired holder, maybe granting to us
-                if waiter.lease is None and deadline is not None and time.monotonic() >= deadline:
+                if waiter.lease is not None:
+                    return waiter.lease
+                if deadline is not None and time.monotonic() >= deadline:
                     raise self._busy(key, entry)
+                if waiter.event.is_set():
+                    waiter.event = anyio.Event()
         except BaseException:
             if waiter.lease is not None:  # granted, but the caller is gone: pass it on
                 self._give_back(waiter.lease)
             else:
+                was_head = bool(entry.waiters) and entry.waiters[0] is waiter
                 entry.waiters.remove(waiter)
                 if entry.holder is None and not entry.waiters:
                     self._entries.pop(key, None)
+                elif was_head and entry.waiters:
+                    entry.waiters[0].event.set()
             raise
-        return waiter.lease
 
     async def _release(self, lease: Lease) -> bool:
         entry = self._current(lease.key)

@@ -404,16 +404,10 @@ def guard_conversation(
 class ThreadTurn(_Turn):
     """One turn on an Assistants thread, inside the lease."""
 
-    def __init__(
-        self,
-        client: openai.AsyncOpenAI,
-        key: str,
-        lock: ThreadLock,
-        hold: Hold,
-        timeout: float | None,
-    ) -> None:
-        super().__init__(client, key, lock, hold, timeout)
-        self.thread_id = key
+    @property
+    def thread_id(self) -> str:
+        """The thread this turn is on (also the lease key)."""
+        return self._key
 
     async def _retrieve_raw(self, run_id: str) -> Any:
         return await self._client.beta.threads.runs.with_raw_response.retrieve(

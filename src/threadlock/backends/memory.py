@@ -100,8 +100,12 @@ class MemoryThreadLock(BaseThreadLock):
         """Build from ``memory://``; the URL carries no settings."""
         return cls(**options)  # type: ignore[arg-type]
 
-    def __len__(self) -> int:
-        """How many keys have state (held, or with waiters)."""
+    @property
+    def active_keys(self) -> int:
+        """How many keys have state (held, or with waiters); free keys are deleted.
+
+        A property rather than ``__len__``, so that an idle backend is not falsy.
+        """
         return len(self._entries)
 
     # -- internals ----------------------------------------------------------------------------
@@ -187,8 +191,7 @@ class MemoryThreadLock(BaseThreadLock):
             holder = self._new_holder(ttl, owner)
             self._entries[key] = _Entry(holder)
             return holder.lease(key)
-        if timeout == 0:
-            await anyio.lowlevel.checkpoint()
+        if timeout == 0:  # fail-fast: decided on what was just seen, without yielding
             raise self._busy(key, entry)
 
         waiter = _Waiter(ttl, owner)

@@ -330,6 +330,11 @@ async def test_guard_checks_its_arguments(lock: MemoryThreadLock) -> None:
     async with guard_conversation(client, fake.add_conversation(), lock=lock) as turn:
         with pytest.raises(ValueError, match="conversation"):
             await turn.create(model="m", input="x", conversation="conv_other")
+    async with guard_conversation(client, None, lock=lock, chain="c1") as turn:
+        with pytest.raises(ValueError, match="previous_response_id"):
+            await turn.create(model="m", input="x", previous_response_id="resp_1")
+        with pytest.raises(ValueError, match="stream"):
+            await turn.create(model="m", input="x", stream=True)
     assert await lock.held() == []
 
 

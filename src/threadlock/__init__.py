@@ -12,6 +12,13 @@ from threadlock.backends.base import BaseThreadLock
 from threadlock.backends.memory import MemoryThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy, ThreadLockError
 from threadlock.hold import Hold
+from threadlock.observe import (
+    LoggingObserver,
+    Observer,
+    combine,
+    get_default_observer,
+    set_default_observer,
+)
 from threadlock.protocol import ThreadLock
 
 __all__ = [
@@ -21,11 +28,16 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "LockInfo",
+    "LoggingObserver",
     "MemoryThreadLock",
+    "Observer",
     "ThreadBusy",
     "ThreadLock",
     "ThreadLockError",
     "__version__",
+    "combine",
     "from_env",
     "from_url",
+    "get_default_observer",
+    "set_default_observer",
 ]

@@ -16,11 +16,14 @@ the context manager that SPEC §3.2 describes:
    raises :class:`TimeoutError`.
 
 An exception raised by the body comes out as itself, never wrapped in an ``ExceptionGroup``.
+
+It reports to the lock's observer (:mod:`threadlock.observe`) what only it can see: the
+``hold_scope`` around the block, a lease that expired before a renewal got through, failed
+renewals and releases. The lock itself reports acquire, renew, loss on renew and release.
 """
 
 from __future__ import annotations
 
-import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -29,14 +32,14 @@ import anyio.abc
 
 from threadlock._validate import check_key, check_positive, check_timeout, check_ttl
 from threadlock.errors import LeaseLost
+from threadlock.observe import backend_kind, observer_of
 
 if TYPE_CHECKING:
     from threadlock._lease import Lease
+    from threadlock.observe import Observer, Scope
     from threadlock.protocol import ThreadLock
 
 __all__ = ["DEFAULT_RELEASE_TIMEOUT", "Hold"]
-
-logger = logging.getLogger("threadlock")
 
 #: Seconds a release at the end of ``hold()`` may take before it is abandoned (the lease then
 #: expires by its TTL).
@@ -88,6 +91,10 @@ class Hold:
         self._entered = False
         self._stop: anyio.Event | None = None
         self._extending = False
+        self._scope: Scope | None = None
+        # A BaseThreadLock reports acquire/extend/release itself; any other lock does not,
+        # so hold() reports a loss on extend for it.
+        self._lock_reports = hasattr(type(lock), "_tl_observer")
 
     @property
     def lease(self) -> Lease:
@@ -100,14 +107,23 @@ class Hold:
         if self._entered:
             raise RuntimeError("a hold() context manager can be entered only once")
         self._entered = True
-        lease = await self._lock.acquire(self._key, ttl=self._ttl, timeout=self._timeout)
+        scope = self._observer.hold_scope(self._kind, self._key)
+        if scope is not None:
+            scope.__enter__()
+            self._scope = scope
+        try:
+            lease = await self._lock.acquire(self._key, ttl=self._ttl, timeout=self._timeout)
+        except BaseException as error:
+            self._end_scope(type(error), error, error.__traceback__)
+            raise
         self._lease = lease
         self._deadline = anyio.current_time() + lease.ttl * (1 - _GRANT_MARGIN)
         try:
             group = anyio.create_task_group()
             await group.__aenter__()
-        except BaseException:
+        except BaseException as error:
             await self._release()
+            self._end_scope(type(error), error, error.__traceback__)
             raise
         self._group = group
         body = anyio.CancelScope()
@@ -119,12 +135,47 @@ class Hold:
         group.start_soon(self._renew, self._stop, name="threadlock renew")
         return lease
 
+    @property
+    def _observer(self) -> Observer:
+        return observer_of(self._lock)
+
+    @property
+    def _kind(self) -> str:
+        return backend_kind(self._lock)
+
+    def _end_scope(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            scope.__exit__(exc_type, exc, tb)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
+        # Never swallows the body's exception (hence ``-> None``, so type checkers know).
+        if self._scope is None:
+            await self._exit(exc_type, exc, tb)
+            return
+        try:
+            await self._exit(exc_type, exc, tb)
+        except BaseException as outcome:
+            self._end_scope(type(outcome), outcome, outcome.__traceback__)
+            raise
+        self._end_scope(exc_type, exc, tb)
+
+    async def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         assert self._group is not None
         assert self._body is not None
         body = self._body
@@ -148,7 +199,6 @@ class Hold:
                 raise self._lost from (None if swallowed else exc)
         elif body.cancelled_caught:
             raise TimeoutError(f"hold({self._key!r}) exceeded max_hold={self._max_hold}s")
-        return False
 
     async def _release(self) -> None:
         lease = self._lease
@@ -157,29 +207,22 @@ class Hold:
         with anyio.move_on_after(self._release_timeout, shield=True) as scope:
             try:
                 await self._lock.release(lease)
-            except Exception:  # a failed release must not hide the body's outcome
-                logger.warning(
-                    "release of %r failed; the lease will expire by its TTL",
-                    lease.key,
-                    exc_info=True,
-                    extra={"event": "lock.release_failed", "key": lease.key, "fence": lease.fence},
+            except Exception as error:  # a failed release must not hide the body's outcome
+                self._observer.release_failed(
+                    self._kind, lease.key, lease.fence, error, self._release_timeout
                 )
         if scope.cancelled_caught:
-            logger.warning(
-                "release of %r timed out after %ss; the lease will expire by its TTL",
-                lease.key,
-                self._release_timeout,
-                extra={"event": "lock.release_failed", "key": lease.key, "fence": lease.fence},
+            self._observer.release_failed(
+                self._kind, lease.key, lease.fence, None, self._release_timeout
             )
 
-    def _lose(self, error: LeaseLost) -> None:
+    def _lose(self, error: LeaseLost, *, reported: bool) -> None:
+        """Cancel the body; report the loss unless the lock already did."""
         self._lost = error
-        logger.warning(
-            "lease on %r lost: %s",
-            error.key,
-            error.detail or "expired or taken",
-            extra={"event": "lock.lost", "key": error.key, "fence": error.fence},
-        )
+        if not reported:
+            self._observer.lost(
+                self._kind, error.key, error.fence, error.detail or "expired or taken"
+            )
         assert self._body is not None
         self._body.cancel()
 
@@ -195,23 +238,20 @@ class Hold:
             sent = anyio.current_time()
             left = self._deadline - sent
             if left <= 0:
-                self._lose(LeaseLost(self._key, self._lease.fence, "not renewed before it expired"))
+                error = LeaseLost(self._key, self._lease.fence, "not renewed before it expired")
+                self._lose(error, reported=False)
                 return
             self._extending = True
             try:
                 with anyio.fail_after(left):
                     lease = await self._lock.extend(self._lease)
             except LeaseLost as error:
-                self._lose(error)
+                self._lose(error, reported=self._lock_reports)
                 return
             except Exception as error:  # unreachable backend: retry until the lease expires
                 now = anyio.current_time()
-                logger.warning(
-                    "renewal of %r failed (%s); retrying for %.3fs more",
-                    self._key,
-                    error,
-                    max(0.0, self._deadline - now),
-                    extra={"event": "lock.renew_failed", "key": self._key},
+                self._observer.renew_failed(
+                    self._kind, self._key, self._lease.fence, error, max(0.0, self._deadline - now)
                 )
                 next_at = now + min(1.0, max(0.01, (self._deadline - now) / 4))
                 continue

@@ -13,7 +13,6 @@ retry what is safe to retry themselves, and reconcile what is not (a run is foun
 
 from __future__ import annotations
 
-import logging
 import secrets
 import sys
 import time
@@ -25,6 +24,7 @@ import openai
 
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
+from threadlock.observe import Observer, backend_kind, observer_of
 from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
     ACTIVE_RUN_STATUSES,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from threadlock._lease import Lease
     from threadlock.hold import Hold
+    from threadlock.observe import Scope
 
 __all__ = [
     "RUN_TOKEN_METADATA",
@@ -55,8 +56,6 @@ __all__ = [
     "guard_conversation",
     "guard_thread",
 ]
-
-logger = logging.getLogger("threadlock")
 
 #: The metadata key the guard sets on every run it creates, to find it again after a lost
 #: response instead of creating a second one.
@@ -103,6 +102,9 @@ class _Turn:
         self._registry: RunRegistry = lock  # type: ignore[assignment]  # checked on entry
         self._hold = hold
         self._timeout = timeout
+        self._observer = observer_of(lock)
+        self._kind = backend_kind(lock)
+        self._started = anyio.current_time()  # the guard sets when the turn was entered
 
     @property
     def key(self) -> str:
@@ -117,9 +119,12 @@ class _Turn:
     def _deadline(self) -> float | None:
         return None if self._timeout is None else anyio.current_time() + self._timeout
 
-    def _busy(self, what: str, retry_after: float = 1.0) -> ThreadBusy:
+    def _busy(self, what: str, retry_after: float = 1.0, reason: str = "run") -> ThreadBusy:
+        """The :class:`ThreadBusy` to raise (reported to the observer as ``reason``)."""
         error = ThreadBusy(self._key, retry_after)
         error.add_note(what)
+        waited = anyio.current_time() - self._started
+        self._observer.busy(self._kind, self._key, waited, reason)
         return error
 
     async def _track(self, kind: RunKind, run_id: str, thread_id: str) -> None:
@@ -135,12 +140,15 @@ class _Turn:
 class _Guard(Generic[TurnT]):
     """Enter: take the lease, then wait for what is still running. Exit: release."""
 
+    _api = "turn"  # the ``api`` told to Observer.turn_scope
+
     def __init__(self, lock: ThreadLock, key: str, ttl: float, timeout: float | None) -> None:
         self._lock = lock
         self._key = key
         self._timeout = timeout
         self._hold: Hold = lock.hold(key, ttl=ttl, timeout=timeout)  # type: ignore[assignment]
         self._turn: TurnT | None = None
+        self._scope: Scope | None = None
 
     def _make_turn(self) -> TurnT:
         raise NotImplementedError
@@ -148,14 +156,39 @@ class _Guard(Generic[TurnT]):
     async def _before_body(self, turn: TurnT, deadline: float | None) -> None:
         raise NotImplementedError
 
+    def _end_scope(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            scope.__exit__(exc_type, exc, tb)
+
     async def __aenter__(self) -> TurnT:
-        deadline = None if self._timeout is None else anyio.current_time() + self._timeout
-        await self._hold.__aenter__()
-        turn = self._make_turn()
+        started = anyio.current_time()
+        deadline = None if self._timeout is None else started + self._timeout
+        scope = observer_of(self._lock).turn_scope(self._api, backend_kind(self._lock), self._key)
+        if scope is not None:
+            scope.__enter__()
+            self._scope = scope
         try:
+            await self._hold.__aenter__()
+        except BaseException as error:
+            self._end_scope(type(error), error, error.__traceback__)
+            raise
+        try:
+            turn = self._make_turn()
+            turn._started = started
             await self._before_body(turn, deadline)
-        except BaseException:
-            await self._hold.__aexit__(*sys.exc_info())
+        except BaseException as error:
+            try:
+                await self._hold.__aexit__(*sys.exc_info())
+            except BaseException as outcome:
+                self._end_scope(type(outcome), outcome, outcome.__traceback__)
+                raise
+            self._end_scope(type(error), error, error.__traceback__)
             raise
         self._turn = turn
         return turn
@@ -165,8 +198,18 @@ class _Guard(Generic[TurnT]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        return await self._hold.__aexit__(exc_type, exc, tb)
+    ) -> None:
+        # The guard never swallows the body's exception (hence ``-> None``): it comes out as
+        # itself, or as LeaseLost / TimeoutError from the hold.
+        if self._scope is None:
+            await self._hold.__aexit__(exc_type, exc, tb)
+            return
+        try:
+            await self._hold.__aexit__(exc_type, exc, tb)
+        except BaseException as outcome:
+            self._end_scope(type(outcome), outcome, outcome.__traceback__)
+            raise
+        self._end_scope(exc_type, exc, tb)
 
 
 async def _wait_until_done(
@@ -176,6 +219,7 @@ async def _wait_until_done(
     key: str,
     active: frozenset[str],
     deadline: float | None,
+    observer: Observer,
     expires_at: float | None = None,
 ) -> Any:
     """Poll ``fetch()`` (a raw-response call) until the status leaves ``active``.
@@ -199,19 +243,8 @@ async def _wait_until_done(
         now = anyio.current_time()
         if now - logged >= _RUN_WAITING_LOG_EVERY:
             logged = now
-            logger.info(
-                "waiting for %s %s (%s) on %r",
-                what,
-                getattr(obj, "id", "?"),
-                status,
-                key,
-                extra={
-                    "event": "run.waiting",
-                    "key": key,
-                    "run_id": getattr(obj, "id", None),
-                    "status": status,
-                    "waited": now - started,
-                },
+            observer.run_waiting(
+                key, what, str(getattr(obj, "id", "?")), str(status), now - started
             )
         if not await sleep_within(poll_delay(raw.headers, backoff.next_delay()), deadline):
             return obj
@@ -252,6 +285,11 @@ class ConversationTurn(_Turn):
         for supplied in ("conversation", "previous_response_id"):
             if supplied in kwargs and (supplied == "conversation" or self.chain is not None):
                 raise ValueError(f"{supplied} is supplied by the guard; do not pass it")
+        if self.chain is not None and kwargs.get("stream"):
+            raise ValueError(
+                "stream=True is not supported on a chain: the chain head must be the "
+                "finished response's id; stream outside a chain, or without stream"
+            )
         if self.conversation_id is not None:
             kwargs["conversation"] = self.conversation_id
         head: str | None = None
@@ -266,7 +304,9 @@ class ConversationTurn(_Turn):
         if kwargs.get("background") and status_of(response) in ACTIVE_RESPONSE_STATUSES:
             await self._track("response", response.id, self.conversation_id or self._key)
         if chains is not None and not await chains.advance_chain(self.lease, head, response.id):
-            raise LeaseLost(self._key, self.lease.fence, "the chain head moved under the lease")
+            detail = "the chain head moved under the lease"
+            self._observer.lost(self._kind, self._key, self.lease.fence, detail)
+            raise LeaseLost(self._key, self.lease.fence, detail)
         return response
 
     async def _create_retrying_lock(self, kwargs: dict[str, Any]) -> Response:
@@ -280,13 +320,11 @@ class ConversationTurn(_Turn):
                 if not is_conversation_locked(error):
                     raise
                 delay = backoff.next_delay()
-                logger.info(
-                    "conversation %r is locked by a process outside threadlock; retrying",
-                    self.conversation_id,
-                    extra={"event": "run.conversation_locked", "key": self._key},
-                )
+                self._observer.conversation_locked(self._key, delay)
                 if not await sleep_within(delay, deadline):
-                    raise self._busy("conversation_locked retries ran out", delay) from error
+                    raise self._busy(
+                        "conversation_locked retries ran out", delay, "conversation_locked"
+                    ) from error
 
     async def wait(self, response: str | Response) -> Response:
         """Wait for a background response to end (bounded by the guard's ``timeout``).
@@ -300,6 +338,7 @@ class ConversationTurn(_Turn):
             key=self._key,
             active=ACTIVE_RESPONSE_STATUSES,
             deadline=self._deadline(),
+            observer=self._observer,
         )
         if status_of(done) not in ACTIVE_RESPONSE_STATUSES:
             await self._untrack(response_id)
@@ -338,6 +377,7 @@ class ConversationGuard(_Guard[ConversationTurn]):
         self._client = client
         self._conversation_id = conversation_id
         self._chain = chain
+        self._api = "chain" if chain is not None else "conversation"
 
     def _make_turn(self) -> ConversationTurn:
         return ConversationTurn(
@@ -364,6 +404,7 @@ class ConversationGuard(_Guard[ConversationTurn]):
                     key=self._key,
                     active=ACTIVE_RESPONSE_STATUSES,
                     deadline=deadline,
+                    observer=turn._observer,
                 )
             except openai.NotFoundError:
                 await registry.untrack_run(self._key, record.run_id)
@@ -428,6 +469,7 @@ class ThreadTurn(_Turn):
             key=self._key,
             active=active,
             deadline=deadline,
+            observer=self._observer,
             expires_at=float(expires) if expires else None,
         )
         return run
@@ -504,12 +546,7 @@ class ThreadTurn(_Turn):
                     raise
                 own = await self._find_own_run(token)
                 if own is not None:
-                    logger.info(
-                        "adopted run %s after a lost response (%s)",
-                        own.id,
-                        type(error).__name__,
-                        extra={"event": "run.adopted", "key": self._key, "run_id": own.id},
-                    )
+                    self._observer.run_adopted(self._key, own.id, type(error).__name__)
                     run = own
                     break
                 failures += 1
@@ -553,6 +590,8 @@ class ThreadTurn(_Turn):
 
 class ThreadGuard(_Guard[ThreadTurn]):
     """The async context manager returned by :func:`guard_thread`."""
+
+    _api = "thread"
 
     def __init__(
         self,

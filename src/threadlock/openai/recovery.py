@@ -10,7 +10,6 @@ responses that are still active and older than ``max_age`` (by their own ``creat
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,6 +21,7 @@ import openai
 
 from threadlock._validate import check_key
 from threadlock.errors import ThreadBusy
+from threadlock.observe import backend_kind, observer_of
 from threadlock.openai.guard import _check_client, _check_registry
 from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
@@ -34,8 +34,6 @@ from threadlock.openai.runs import (
 from threadlock.protocol import RunRecord, RunRegistry, ThreadLock
 
 __all__ = ["RecoveryReport", "recover_orphaned_runs"]
-
-logger = logging.getLogger("threadlock")
 
 #: Statuses recovery cancels; ``cancelling`` is left alone (a cancel is already under way).
 CANCELLABLE_RUN_STATUSES = frozenset({"queued", "in_progress", "requires_action"})
@@ -102,6 +100,8 @@ class _Recovery:
         self.limiter = anyio.CapacityLimiter(concurrency)  # API calls in flight
         self.leases = anyio.Semaphore(concurrency)  # conversations locked by recovery at once
         self.report = RecoveryReport(dry_run=dry_run)
+        self.observer = observer_of(lock)
+        self.kind = backend_kind(lock)
 
     async def call(self, what: str, make: Callable[[], Awaitable[_T]]) -> _T:
         """One API call, at most ``concurrency`` at once, retried on 429/5xx with jitter."""
@@ -114,13 +114,7 @@ class _Recovery:
                     if not is_retryable(error) or attempt == _ATTEMPTS - 1:
                         raise
                     delay = backoff.next_delay()
-                    logger.info(
-                        "recovery: %s failed (%s); retrying in %.2fs",
-                        what,
-                        type(error).__name__,
-                        delay,
-                        extra={"event": "recovery.retry", "what": what},
-                    )
+                    self.observer.recovery_retry(what, type(error).__name__, delay)
             await anyio.sleep(delay)  # outside the limiter: a waiting retry holds no slot
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -184,7 +178,9 @@ class _Recovery:
         if not self.old_enough(getattr(response, "created_at", None)):
             self.report.too_young.append(rid)
             return
-        await self.cancel(rid, record, lambda: self.api.responses.cancel(rid))
+        await self.cancel(
+            rid, "response", record.key, record, lambda: self.api.responses.cancel(rid)
+        )
 
     async def thread(self, thread_id: str, known: dict[str, RunRecord]) -> None:
         try:
@@ -213,7 +209,9 @@ class _Recovery:
             elif not self.old_enough(run.created_at):
                 self.report.too_young.append(run.id)
             else:
-                await self.cancel(run.id, entry, self._run_canceller(run.id, thread_id))
+                key = entry.key if entry is not None else thread_id
+                canceller = self._run_canceller(run.id, thread_id)
+                await self.cancel(run.id, "run", key, entry, canceller)
         for run_id, record in known.items():
             if run_id not in seen:  # older than the newest runs listed: it has ended
                 self.report.already_terminal.append(run_id)
@@ -223,7 +221,12 @@ class _Recovery:
         return lambda: self.api.beta.threads.runs.cancel(run_id, thread_id=thread_id)
 
     async def cancel(
-        self, rid: str, record: RunRecord | None, make: Callable[[], Awaitable[Any]]
+        self,
+        rid: str,
+        kind: str,
+        key: str,
+        record: RunRecord | None,
+        make: Callable[[], Awaitable[Any]],
     ) -> None:
         if self.dry_run:
             self.report.cancelled.append(rid)
@@ -239,12 +242,7 @@ class _Recovery:
             return
         self.report.cancelled.append(rid)
         await self.forget(record)
-        logger.warning(
-            "cancelled orphaned %s %s",
-            record.kind if record else "run",
-            rid,
-            extra={"event": "run.orphan_cancelled", "run_id": rid},
-        )
+        self.observer.orphan_cancelled(self.kind, key, kind, rid)
 
 
 async def recover_orphaned_runs(

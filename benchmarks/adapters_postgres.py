@@ -93,9 +93,21 @@ class PostgresAdapter:
         table = self._lock.table
         await self._lock.aclose()
         async with await psycopg.AsyncConnection.connect(_dsn(self._config)) as conn:
-            for suffix in ("_acquire", "_release", "_extend", "_settle", "_grant_next", "_sweep"):
+            for suffix in (
+                "_acquire",
+                "_release",
+                "_extend",
+                "_advance_chain",
+                "_settle",
+                "_grant_next",
+                "_hand_on",
+                "_sweep",
+            ):
                 await conn.execute(f'DROP FUNCTION IF EXISTS "{table}{suffix}" CASCADE')
-            await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_waiters"')
+            await conn.execute(
+                f'DROP TABLE IF EXISTS "{table}", "{table}_waiters", "{table}_runs",'
+                f' "{table}_chains"'
+            )
             await conn.execute(f'DROP SEQUENCE IF EXISTS "{table}_fence_seq"')
             await conn.execute(
                 "DELETE FROM threadlock_schema_version WHERE table_name = %s", (table,)

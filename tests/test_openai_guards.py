@@ -295,12 +295,23 @@ async def test_cancelling_mid_run_releases_the_lock(lock: MemoryThreadLock) -> N
     client = fake.client()
     thread = fake.add_thread()
     started: list[str] = []
-    with anyio.move_on_after(0.3):
-        async with guard_thread(client, thread, lock=lock) as turn:
-            run = await turn.create(assistant_id="asst_1")
-            started.append(run.id)
-            await turn.wait(run)
-    assert started
+    scope = anyio.CancelScope()
+
+    async def worker() -> None:
+        with scope:
+            async with guard_thread(client, thread, lock=lock) as turn:
+                run = await turn.create(assistant_id="asst_1")
+                started.append(run.id)
+                await turn.wait(run)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        with anyio.fail_after(10):
+            while not started:  # cancel only once the run is under way
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)
+        scope.cancel()
+    assert scope.cancelled_caught
     assert await lock.inspect(thread) is None
     # The run is still active: it stays in the registry for recovery.
     assert [r.run_id for r in await lock.tracked_runs(thread)] == started

@@ -19,11 +19,12 @@ from threadlock.observe import (
     get_default_observer,
     set_default_observer,
 )
-from threadlock.protocol import ThreadLock
+from threadlock.protocol import ChainStore, RunRecord, RunRegistry, ThreadLock
 
 __all__ = [
     "BackendError",
     "BaseThreadLock",
+    "ChainStore",
     "Hold",
     "Lease",
     "LeaseLost",
@@ -31,6 +32,8 @@ __all__ = [
     "LoggingObserver",
     "MemoryThreadLock",
     "Observer",
+    "RunRecord",
+    "RunRegistry",
     "ThreadBusy",
     "ThreadLock",
     "ThreadLockError",

@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 import threadlock
-from threadlock import BackendError, Lease, ThreadBusy
+from threadlock import BackendError, Lease, LeaseLost, ThreadBusy
 from threadlock.backends.postgres import SCHEMA_VERSION, PostgresThreadLock
 
 pytestmark = pytest.mark.anyio
@@ -216,11 +216,15 @@ async def test_free_keys_leave_no_rows(pg_dsn: str, pg_lock: PostgresThreadLock)
 
 async def test_handoff_is_notified_even_with_a_long_heartbeat(pg_dsn: str, pg_table: str) -> None:
     # grace=60 puts the waiter's own heartbeat re-check 20 s away, and the holder's TTL is
-    # 60 s: only the notification can hand the key over within the bound.
-    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as lock:
+    # 60 s: only the notification can hand the key over within the bound. The holder is
+    # another instance (as another process would be), so the hand-off goes through NOTIFY.
+    async with (
+        PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as lock,
+        PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as other,
+    ):
         await lock.create_schema()
         for _ in range(5):
-            holder = await lock.acquire("k", ttl=60.0)
+            holder = await other.acquire("k", ttl=60.0)
             got: list[Lease] = []
 
             async def waiter() -> None:
@@ -231,12 +235,99 @@ async def test_handoff_is_notified_even_with_a_long_heartbeat(pg_dsn: str, pg_ta
                 with anyio.fail_after(5):
                     while (info := await lock.inspect("k")) is None or info.waiters < 1:
                         await anyio.sleep(0.005)
-                assert await lock.release(holder)
+                assert await other.release(holder)
                 with anyio.fail_after(3):
                     while not got:
                         await anyio.sleep(0.001)
             assert got[0].fence > holder.fence
             assert await lock.release(got[0])
+
+
+async def _notifications(dsn: str, channel: str, seconds: float) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        return [n.payload async for n in conn.notifies(timeout=seconds)]
+
+
+async def test_local_handoff_is_in_process_and_remote_one_is_notified(
+    pg_dsn: str, pg_table: str
+) -> None:
+    # A release hands a waiter of its own instance a full lease in the same statement (no
+    # NOTIFY, no confirmation round trip); a waiter of another instance gets a provisional
+    # grant and a notification.
+    async with (
+        PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as lock,
+        PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as other,
+    ):
+        await lock.create_schema()
+        for waiting_on, notified in ((lock, False), (other, True)):
+            holder = await lock.acquire("k", ttl=60.0)
+            got: list[Lease] = []
+            heard: list[str] = []
+
+            async def waiter(backend: PostgresThreadLock = waiting_on) -> None:
+                got.append(await backend.acquire("k", ttl=60.0, timeout=None))
+
+            async def listen() -> None:
+                heard.extend(await _notifications(pg_dsn, lock.channel, 1.0))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                with anyio.fail_after(5):
+                    while (info := await lock.inspect("k")) is None or info.waiters < 1:
+                        await anyio.sleep(0.005)
+                tg.start_soon(listen)
+                await anyio.sleep(0.2)  # the test's LISTEN is in place
+                assert await lock.release(holder)
+                with anyio.fail_after(3):
+                    while not got:
+                        await anyio.sleep(0.001)
+                info = await lock.inspect("k")
+                assert info is not None
+                assert info.fence == got[0].fence > holder.fence
+                assert got[0].expires_at - got[0].acquired_at == pytest.approx(60.0, abs=0.5)
+                assert info.expires_at == pytest.approx(got[0].expires_at)
+            assert bool(heard) is notified
+            assert await waiting_on.release(got[0])
+
+
+async def test_local_handoff_to_a_cancelled_waiter_passes_the_key_on(
+    pg_lock: PostgresThreadLock,
+) -> None:
+    holder = await pg_lock.acquire("k", ttl=60.0)
+    got: list[Lease] = []
+
+    async def second() -> None:
+        got.append(await pg_lock.acquire("k", ttl=60.0, timeout=None))
+
+    first_scope = anyio.CancelScope()
+
+    async def first() -> None:
+        with first_scope:
+            await pg_lock.acquire("k", ttl=60.0, timeout=None)
+            pytest.fail("the cancelled waiter returned a lease")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        with anyio.fail_after(5):
+            while (info := await pg_lock.inspect("k")) is None or info.waiters < 1:
+                await anyio.sleep(0.005)
+        tg.start_soon(second)
+        with anyio.fail_after(5):
+            while (info := await pg_lock.inspect("k")) is None or info.waiters < 2:
+                await anyio.sleep(0.005)
+        # The release hands "first" its lease in-process; "first" is cancelled before it
+        # runs again and must give the key on to "second".
+        assert await pg_lock.release(holder)
+        first_scope.cancel()
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.005)
+    info = await pg_lock.inspect("k")
+    assert info is not None
+    assert info.fence == got[0].fence
+    assert await pg_lock.release(got[0])
+    assert await pg_lock.held() == []
 
 
 async def test_fail_fast_retry_after_is_the_holders_remaining_ttl(
@@ -255,3 +346,64 @@ async def test_closed_backend_is_backend_error(pg_lock: PostgresThreadLock) -> N
     await pg_lock.aclose()
     with pytest.raises(BackendError, match="closed"):
         await pg_lock.acquire("k", ttl=1.0)
+
+
+async def _commit_setting(
+    dsn: str, query: psycopg.sql.Composable, params: tuple[object, ...]
+) -> str:
+    """Run one threadlock function call in a transaction; the synchronous_commit it left."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.transaction():
+            await conn.execute(query, params)
+            cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+
+@pytest.mark.parametrize("unlogged", [False, True])
+async def test_relaxed_commit_only_where_no_fence_is_handed_out(
+    pg_dsn: str, pg_table: str, unlogged: bool
+) -> None:
+    sql = psycopg.sql
+    acquire = sql.SQL("SELECT * FROM {}(%s, %s, %s, 'o', 30.0, 5.0, %s, NULL, %s)").format(
+        sql.Identifier(f"{pg_table}_acquire")
+    )
+    release = sql.SQL("SELECT * FROM {}(%s, %s, %s, %s)").format(
+        sql.Identifier(f"{pg_table}_release")
+    )
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table, unlogged=unlogged) as lock:
+        await lock.create_schema()
+    relaxed = "on" if unlogged else "off"  # never relaxed on UNLOGGED tables
+    # A grant hands out a fence: synchronous.
+    assert await _commit_setting(pg_dsn, acquire, ("k", "t1", "w1", True, True)) == "on"
+    # Waiting (enqueue, heartbeat) and busy hand out nothing: relaxed.
+    assert await _commit_setting(pg_dsn, acquire, ("k", "t2", "w2", True, True)) == relaxed
+    assert await _commit_setting(pg_dsn, acquire, ("k", "t3", "", False, True)) == relaxed
+    assert await _commit_setting(pg_dsn, acquire, ("k", "t2", "w2", True, False)) == "on"
+    # A release that hands a waiter of another instance a provisional grant: relaxed (the
+    # grantee's confirmation is synchronous) ...
+    assert await _commit_setting(pg_dsn, release, ("k", "t1", True, "elsewhere")) == relaxed
+    assert await _commit_setting(pg_dsn, acquire, ("k", "t2", "w2", True, True)) == "on"
+    # ... one that hands a local waiter its full lease: synchronous.
+    assert await _commit_setting(pg_dsn, acquire, ("k", "t4", "me-4", True, True)) == relaxed
+    assert await _commit_setting(pg_dsn, release, ("k", "t2", True, "me-")) == "on"
+    assert await _commit_setting(pg_dsn, release, ("k", "t4", True, "me-")) == relaxed
+    assert await _commit_setting(pg_dsn, release, ("k", "t4", False, "me-")) == "on"
+
+
+async def test_a_ttl_beyond_postgres_range_is_a_value_error(pg_lock: PostgresThreadLock) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        await pg_lock.acquire("k", ttl=1e20, timeout=0)
+    lease = await pg_lock.acquire("k", ttl=1e9, timeout=0)  # about 31 years: fine
+    with pytest.raises(ValueError, match="ttl"):
+        await pg_lock.extend(lease, ttl=1e20)
+    assert await pg_lock.release(lease)
+
+
+async def test_a_forged_lease_with_a_nul_is_not_held(pg_lock: PostgresThreadLock) -> None:
+    for forged in (Lease("a\x00b", "token", 1, 1.0, 0.0, 0.0), Lease("k", "t\x00", 1, 1.0, 0, 0)):
+        assert await pg_lock.release(forged) is False
+        with pytest.raises(LeaseLost):
+            await pg_lock.extend(forged)
+        assert await pg_lock.advance_chain(forged, None, "resp_1") is False

@@ -119,11 +119,16 @@ async def test_killed_listener_reconnects_and_waiters_still_wake(
     pg_dsn: str, pg_table: str
 ) -> None:
     # grace=60: the heartbeat fallback is 20 s away, so only a notification is fast enough.
-    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as lock:
+    # The holder is another instance: a release by the waiter's own instance would hand the
+    # key over in-process, without the listener.
+    async with (
+        PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as lock,
+        PostgresThreadLock.from_url(pg_dsn, table=pg_table, grace=60.0) as other,
+    ):
         await lock.create_schema()
         listener = lock._listener
         for round_ in range(3):
-            holder = await lock.acquire("k", ttl=60.0)
+            holder = await other.acquire("k", ttl=60.0)
             got: list[Lease] = []
 
             async def waiter() -> None:
@@ -148,7 +153,7 @@ async def test_killed_listener_reconnects_and_waiters_still_wake(
                     connects = listener.connects
                     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as c:
                         await c.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                assert await lock.release(holder)
+                assert await other.release(holder)
                 with anyio.fail_after(5):
                     while not got:
                         await anyio.sleep(0.005)

@@ -1,4 +1,5 @@
-"""Postgres backend: a lease table, a FIFO waiter table, LISTEN/NOTIFY hand-off, fences.
+"""Postgres backend: a lease table, a FIFO waiter table, LISTEN/NOTIFY hand-off, fences, and
+the run registry and chain heads of the OpenAI guards.
 
 Install with ``pip install 'threadlock[postgres]'`` (psycopg 3 and psycopg-pool). The schema
 is created only by an explicit :meth:`PostgresThreadLock.create_schema` (or
@@ -17,23 +18,35 @@ How it keeps its promises (the SQL is in ``postgres_sql/schema.sql``):
   takes a transaction-scoped advisory lock on the key, so operations on one key are serialised,
   and decides expiry with the server's ``clock_timestamp()``.
 * release deletes the lease and makes the head *live* waiter the holder in the same statement
-  (direct hand-off), then ``pg_notify`` wakes it. The grant is provisional (it lives until the
-  waiter's heartbeat deadline) until the waiter confirms it, which starts its full ttl; so a
-  waiter whose process died is skipped within about the grace.
+  (direct hand-off). A waiter of another instance (another process) gets a provisional grant
+  and a ``pg_notify``; the grant lives until the waiter's heartbeat deadline until the waiter
+  confirms it, which starts its full ttl, so a waiter whose process died is skipped within
+  about the grace. A waiter of the releasing instance itself (its id carries the instance's
+  prefix) gets its full lease in the release statement, handed over in-process: the process is
+  alive, as it is the one releasing, so no notification and no confirmation are needed.
 * every backend instance has ONE listening connection (a direct connection, not from the
-  pool), multiplexed over all keys: notifications carry a random waiter id. It reconnects,
-  re-listens and wakes every local waiter to re-check after a drop.
+  pool), multiplexed over all keys: notifications carry a waiter id. It is started when a
+  waiter first has to wait, reconnects, re-listens and wakes every local waiter to re-check
+  after a drop.
 * a waiter re-checks on its own at least every ``grace / 3`` seconds (its heartbeat) and, at
   the head of the queue, when the holder's TTL runs out; a lost notification costs at most
   that. The notification is the wake-up; these re-checks are only the fallback.
 * an acquire that is cancelled or times out runs one shielded statement that withdraws its
   waiter row or, if the key was granted to it in the meantime, releases and hands it on.
+* statements that hand nobody a fence or an expiry (release, withdrawal, a waiter's heartbeat)
+  commit with ``synchronous_commit = off`` (``relaxed_commit=True``, the default); grants,
+  confirmations and extends commit synchronously, and WAL is flushed in order, so fences stay
+  monotonic and exclusion holds across a server crash (see ``schema.sql`` and the docs).
+* the run registry (``<table>_runs``) and the chain heads (``<table>_chains``) are logged
+  tables; every registry operation is one statement, and ``advance_chain`` is one statement
+  that checks the lease's token under the key's advisory lock before its compare-and-set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import re
 import secrets
@@ -48,10 +61,11 @@ import anyio.lowlevel
 
 from threadlock._lease import Lease, LockInfo
 from threadlock._optional import require
-from threadlock._validate import check_positive
+from threadlock._validate import check_key, check_positive
 from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
 from threadlock.hold import DEFAULT_RELEASE_TIMEOUT
+from threadlock.protocol import RunKind, RunRecord
 
 require("psycopg", "postgres")
 require("psycopg_pool", "postgres")
@@ -66,7 +80,9 @@ __all__ = ["SCHEMA_VERSION", "PostgresThreadLock"]
 logger = logging.getLogger("threadlock")
 
 #: The schema version ``create_schema`` installs; stored in ``threadlock_schema_version``.
-SCHEMA_VERSION = 1
+#: Version 2 added the run registry, the chain heads and the leaner lease functions; an
+#: existing version-1 schema is upgraded in place by ``create_schema``.
+SCHEMA_VERSION = 2
 
 _VERSION_TABLE = "threadlock_schema_version"
 # One advisory lock (the bigint key space) serialises every create_schema on a database.
@@ -74,6 +90,9 @@ _SCHEMA_LOCK_ID = 0x7468726561646C6B  # "threadlk"
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _MIN_RETRY_AFTER = 0.001
+# The longest ttl a Postgres interval/timestamptz can carry from now (about 3,000 years; the
+# types reach 294276 AD); anything longer is refused as a ValueError before any SQL runs.
+_MAX_TTL = 1e11
 _LISTEN_BACKOFF_MAX = 2.0
 _SCHEMES = ("postgresql", "postgres")
 
@@ -124,7 +143,7 @@ class _Attempt:
     @classmethod
     def from_row(cls, key: str, row: tuple[Any, ...]) -> _Attempt:
         (status, fence, acquired_at, expires_at, seq, ahead) = row[:6]
-        (h_fence, h_owner, h_acquired_at, h_expires_at, waiters, left) = row[6:12]
+        (h_fence, h_owner, h_acquired_at, h_expires_at, waiters, left, h_run_id) = row[6:13]
         holder = None
         if h_fence is not None:
             holder = LockInfo(
@@ -134,7 +153,7 @@ class _Attempt:
                 acquired_at=float(h_acquired_at),
                 expires_at=float(h_expires_at),
                 waiters=int(waiters),
-                run_id=None,
+                run_id=None if h_run_id is None else str(h_run_id),
             )
         return cls(
             status=str(status),
@@ -159,29 +178,46 @@ class _Attempt:
 
 
 class _Waiter:
-    """A local waiting acquire; the listener wakes it by its public id ``wid``."""
+    """A local waiting acquire; the listener wakes it by its public id ``wid``.
 
-    __slots__ = ("event", "wid", "woken")
+    A release by this same backend instance may hand it its lease directly (``granted``:
+    fence, acquired_at, expires_at), with no notification and no confirmation statement.
+    """
 
-    def __init__(self) -> None:
-        self.wid = secrets.token_hex(12)
-        self.event = anyio.Event()
+    __slots__ = ("event", "granted", "wid", "woken")
+
+    def __init__(self, wid: str) -> None:
+        self.wid = wid
+        self.event: anyio.Event | None = None  # made when first waited on
         self.woken = False
+        self.granted: tuple[int, float, float] | None = None
 
     def wake(self) -> None:
         self.woken = True
-        self.event.set()
+        if self.event is not None:
+            self.event.set()
+
+    def grant(self, fence: int, acquired_at: float, expires_at: float) -> None:
+        self.granted = (fence, acquired_at, expires_at)
+        self.wake()
 
     def clear(self) -> None:
         if self.woken:
             self.woken = False
-            self.event = anyio.Event()
+            self.event = None
 
     async def wait(self, seconds: float) -> None:
         if self.woken or seconds <= 0:
             return
+        if self.event is None:
+            self.event = anyio.Event()
         with anyio.move_on_after(seconds):
             await self.event.wait()
+
+    def lease(self, key: str, token: str, ttl: float) -> Lease:
+        assert self.granted is not None
+        fence, acquired_at, expires_at = self.granted
+        return Lease(key, token, fence, ttl, acquired_at, expires_at)
 
 
 class _Listener:
@@ -208,15 +244,29 @@ class _Listener:
         self.connects = 0  # how many times LISTEN was (re)established; for tests and logs
 
     def register(self, waiter: _Waiter) -> None:
+        """Make ``waiter`` reachable by its wid; cheap (no listening yet)."""
         self._waiters[waiter.wid] = waiter
-        self._last_used = anyio.current_time()
+
+    def ensure_listening(self) -> None:
+        """Start the listening task if it is not running (a waiter is about to sleep).
+
+        A notification sent before LISTEN took effect is not lost: every (re)connection
+        wakes all local waiters to re-check.
+        """
         if self._task is None or self._task.done():
+            self._last_used = anyio.current_time()
             loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._run(), name=f"threadlock listen {self._channel}")
 
     def unregister(self, waiter: _Waiter) -> None:
-        self._waiters.pop(waiter.wid, None)
-        self._last_used = anyio.current_time()
+        if self._waiters.pop(waiter.wid, None) is not None and self._task is not None:
+            self._last_used = anyio.current_time()
+
+    def deliver(self, wid: str, fence: int, acquired_at: float, expires_at: float) -> None:
+        """A release by this instance handed the lease of waiter ``wid`` over in-process."""
+        waiter = self._waiters.get(wid)
+        if waiter is not None:
+            waiter.grant(fence, acquired_at, expires_at)
 
     def _wake_all(self) -> None:
         for waiter in list(self._waiters.values()):
@@ -307,6 +357,13 @@ class PostgresThreadLock(BaseThreadLock):
         listen_idle: seconds the listening connection stays open after the last local waiter.
         statement_timeout: the bound on one statement; a statement runs shielded from
             cancellation (for at most this long), so its outcome is always known.
+        relaxed_commit: statements that hand nobody a fence or an expiry (release,
+            withdrawing a waiter, a waiter's heartbeat) commit with ``synchronous_commit =
+            off``. Grants, confirmations, extends, chain advances and registry writes always
+            commit synchronously, so fences and exclusion are unaffected; a server crash may
+            undo a release that nothing synchronous followed (the key then stays held until
+            its TTL). ``False`` makes every statement use the server's setting. It has no
+            effect on ``UNLOGGED`` lease tables (see the docs).
     """
 
     def __init__(
@@ -322,6 +379,7 @@ class PostgresThreadLock(BaseThreadLock):
         listen_conninfo: str | None = None,
         listen_idle: float = 60.0,
         statement_timeout: float = 30.0,
+        relaxed_commit: bool = True,
         owns_pool: bool = False,
     ) -> None:
         self._table = _check_identifier(table, "table", _TABLE_RE, 48)
@@ -341,11 +399,17 @@ class PostgresThreadLock(BaseThreadLock):
         self._pool = pool
         self._owns_pool = owns_pool
         self._unlogged = bool(unlogged)
+        self._relaxed = bool(relaxed_commit)
         self._pool_opened = not owns_pool
         self._open_lock: anyio.Lock | None = None
         self._heartbeat = self._grace / 3
         self._channel = f"{self._table}_grants"
         self._lockclass = _signed32(zlib.crc32(self._table.encode()))
+        # Tokens and waiter ids: a random per-instance prefix and a counter (unique, and one
+        # getrandom() per instance rather than per acquire). The prefix also tells a release
+        # which waiters are this instance's own, to hand them their lease in-process.
+        self._instance = secrets.token_hex(8)
+        self._counter = itertools.count()
         pool_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
         kwargs = {k: v for k, v in pool_kwargs.items() if k not in ("autocommit", "row_factory")}
         kwargs.setdefault("keepalives", 1)
@@ -358,24 +422,62 @@ class PostgresThreadLock(BaseThreadLock):
             self._channel,
             float(listen_idle),
         )
-        leases, waiters = self._name(""), self._name("_waiters")
-        self._q_acquire = sql.SQL(
-            "SELECT * FROM {}(%s::text, %s::text, %s::text, %s::text, %s::float8, %s::float8,"
-            " %s::boolean, %s::bigint)"
-        ).format(self._name("_acquire"))
-        self._q_release = sql.SQL("SELECT {}(%s::text, %s::text)").format(self._name("_release"))
-        self._q_extend = sql.SQL("SELECT * FROM {}(%s::text, %s::text, %s::float8)").format(
-            self._name("_extend")
+        leases, waiters, runs = self._name(""), self._name("_waiters"), self._name("_runs")
+        # Rendered once: the identifiers are validated ASCII, so no connection is needed to
+        # quote them, and psycopg caches the parsing of a bytes query.
+        self._q_acquire = self._render(
+            sql.SQL(
+                "SELECT * FROM {}(%s::text, %s::text, %s::text, %s::text, %s::float8,"
+                " %s::float8, %s::boolean, %s::bigint, %s::boolean)"
+            ).format(self._name("_acquire"))
+        )
+        self._q_release = self._render(
+            sql.SQL("SELECT * FROM {}(%s::text, %s::text, %s::boolean, %s::text)").format(
+                self._name("_release")
+            )
+        )
+        self._q_extend = self._render(
+            sql.SQL("SELECT * FROM {}(%s::text, %s::text, %s::float8)").format(
+                self._name("_extend")
+            )
         )
         info = sql.SQL(
             "SELECT l.key, l.fence, l.owner, date_part('epoch', l.acquired_at),"
             " date_part('epoch', l.expires_at),"
             " (SELECT count(*) FROM {waiters} w"
-            "   WHERE w.key = l.key AND w.alive_until > clock_timestamp())"
+            "   WHERE w.key = l.key AND w.alive_until > clock_timestamp()),"
+            " (SELECT r.run_id FROM {runs} r WHERE r.key = l.key ORDER BY r.seq DESC LIMIT 1)"
             " FROM {leases} l WHERE l.expires_at > clock_timestamp()"
-        ).format(leases=leases, waiters=waiters)
-        self._q_inspect = info + sql.SQL(" AND l.key = %s::text")
-        self._q_held = info + sql.SQL(" ORDER BY l.acquired_at, l.key")
+        ).format(leases=leases, waiters=waiters, runs=runs)
+        self._q_inspect = self._render(info + sql.SQL(" AND l.key = %s::text"))
+        self._q_held = self._render(info + sql.SQL(" ORDER BY l.acquired_at, l.key"))
+        record = sql.SQL("key, kind, run_id, thread_id, created_at, fence, owner")
+        self._q_track = self._render(
+            sql.SQL(
+                "INSERT INTO {runs} ({record}) VALUES (%s::text, %s::text, %s::text, %s::text,"
+                " %s::float8, %s::bigint, %s::text) ON CONFLICT (key, run_id) DO UPDATE SET"
+                " kind = excluded.kind, thread_id = excluded.thread_id,"
+                " created_at = excluded.created_at, fence = excluded.fence,"
+                " owner = excluded.owner"
+            ).format(runs=runs, record=record)
+        )
+        self._q_untrack = self._render(
+            sql.SQL("DELETE FROM {} WHERE key = %s::text AND run_id = %s::text").format(runs)
+        )
+        self._q_tracked_key = self._render(
+            sql.SQL("SELECT {} FROM {} WHERE key = %s::text ORDER BY seq").format(record, runs)
+        )
+        self._q_tracked_all = self._render(
+            sql.SQL("SELECT {} FROM {} ORDER BY created_at, seq").format(record, runs)
+        )
+        self._q_chain_head = self._render(
+            sql.SQL("SELECT head FROM {} WHERE key = %s::text").format(self._name("_chains"))
+        )
+        self._q_advance_chain = self._render(
+            sql.SQL("SELECT {}(%s::text, %s::text, %s::text, %s::text)").format(
+                self._name("_advance_chain")
+            )
+        )
 
     @classmethod
     def from_url(
@@ -430,6 +532,10 @@ class PostgresThreadLock(BaseThreadLock):
         """The LISTEN/NOTIFY channel of this table."""
         return self._channel
 
+    @staticmethod
+    def _render(query: sql.Composable) -> bytes:
+        return query.as_bytes(None)
+
     def _name(self, suffix: str, schema: str | None = None) -> sql.Identifier:
         schema = schema or self._schema
         name = self._table + suffix
@@ -456,11 +562,14 @@ class PostgresThreadLock(BaseThreadLock):
         return self._pool
 
     async def _execute(
-        self, query: sql.Composable, params: tuple[Any, ...] | None = None
+        self, query: bytes, params: tuple[Any, ...] | None = None
     ) -> list[tuple[Any, ...]]:
-        pool = await self._ready_pool()
+        pool = self._pool if self._pool_opened else await self._ready_pool()
         try:
-            async with pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): the same checks on return, with
+            # less machinery on the path every operation takes.
+            conn = await pool.getconn()
+            try:
                 if not conn.autocommit:
                     await conn.set_autocommit(True)
                 # The statement itself is shielded (bounded by statement_timeout): cancelling
@@ -468,18 +577,33 @@ class PostgresThreadLock(BaseThreadLock):
                 # we gave up on it. Cancellation is delivered right after it instead.
                 rows: list[tuple[Any, ...]] | None = None
                 with anyio.move_on_after(self._statement_timeout, shield=True):
-                    cursor = await conn.execute(query, params)
-                    rows = await cursor.fetchall()
-                if rows is None:
-                    raise BackendError(
-                        f"Postgres did not answer within statement_timeout="
-                        f"{self._statement_timeout}s"
-                    )
-                return rows
+                    # Prepared from the first call (unless the pool's connections disable
+                    # prepared statements with prepare_threshold=None, as for PgBouncer).
+                    cursor = await conn.execute(query, params, prepare=True)
+                    rows = await cursor.fetchall() if cursor.description is not None else []
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool.putconn(conn)
+            if rows is None:
+                raise BackendError(
+                    f"Postgres did not answer within statement_timeout={self._statement_timeout}s"
+                )
+            return rows
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
             raise BackendError(self._missing()) from error
         except psycopg.Error as error:
             raise BackendError(f"Postgres error: {error}") from error
+
+    def _new_id(self) -> str:
+        return f"{self._instance}{next(self._counter):x}"
+
+    async def _release_statement(self, key: str, token: str) -> bool:
+        """Release (or withdraw) by token; pass a lease handed to a local waiter on."""
+        rows = await self._execute(self._q_release, (key, token, self._relaxed, self._instance))
+        released, wid, fence, acquired_at, expires_at = rows[0]
+        if wid is not None:
+            self._listener.deliver(str(wid), int(fence), float(acquired_at), float(expires_at))
+        return bool(released)
 
     async def _attempt(
         self,
@@ -493,7 +617,8 @@ class PostgresThreadLock(BaseThreadLock):
         seq: int | None,
     ) -> _Attempt:
         rows = await self._execute(
-            self._q_acquire, (key, token, wid, owner, ttl, self._grace, enqueue, seq)
+            self._q_acquire,
+            (key, token, wid, owner, ttl, self._grace, enqueue, seq, self._relaxed),
         )
         return _Attempt.from_row(key, rows[0])
 
@@ -501,7 +626,7 @@ class PostgresThreadLock(BaseThreadLock):
         """Withdraw a waiter, or give on a key granted to a caller that is gone (shielded)."""
         with anyio.move_on_after(self._release_timeout, shield=True) as scope:
             try:
-                await self._execute(self._q_release, (key, token))
+                await self._release_statement(key, token)
             except Exception:
                 logger.warning(
                     "could not withdraw an abandoned acquire of %r; its waiter entry is "
@@ -522,8 +647,10 @@ class PostgresThreadLock(BaseThreadLock):
     async def create_schema(self) -> None:
         """Create (or upgrade) the tables, sequence and functions; idempotent.
 
-        Safe to run from several processes at once (an advisory lock serialises it). The
-        installed version is recorded in ``threadlock_schema_version``.
+        Safe to run from several processes at once (an advisory lock serialises it, and all
+        of it is one transaction). The installed version is recorded in
+        ``threadlock_schema_version``; an older version is upgraded in place, keeping every
+        lease, waiter and fence.
         """
         self._check_open()
         pool = await self._ready_pool()
@@ -575,17 +702,38 @@ class PostgresThreadLock(BaseThreadLock):
             )
         if row is not None and int(row[0]) == SCHEMA_VERSION:
             return
+        # A fresh install and an upgrade run the same idempotent statements. Upgrading from
+        # version 1 adds the registry and chain tables, replaces the helper functions (same
+        # signatures and meaning) and adds the version-2 entry points beside the version-1
+        # ones, which stay so that processes still running the older threadlock keep working
+        # during a rolling upgrade.
+        # Relaxed commits are sound only where a grant's own commit flushes WAL, i.e. when the
+        # lease table is logged (see schema.sql); an existing table keeps its persistence.
+        persistence = await (
+            await conn.execute(
+                "SELECT c.relpersistence FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
+                " AND c.relkind = 'r'",
+                (schema, self._table),
+            )
+        ).fetchone()
+        unlogged = self._unlogged if persistence is None else persistence[0] == "u"
         names = {
+            "relaxable": sql.SQL("false" if unlogged else "true"),
             "leases": self._name("", schema),
             "waiters": self._name("_waiters", schema),
             "fence_seq": self._name("_fence_seq", schema),
             "fence_seq_name": sql.Literal(f'"{schema}"."{self._table}_fence_seq"'),
             "grant_next": self._name("_grant_next", schema),
+            "hand_on": self._name("_hand_on", schema),
             "settle": self._name("_settle", schema),
             "sweep": self._name("_sweep", schema),
             "acquire": self._name("_acquire", schema),
             "release": self._name("_release", schema),
             "extend": self._name("_extend", schema),
+            "advance_chain": self._name("_advance_chain", schema),
+            "runs": self._name("_runs", schema),
+            "chains": self._name("_chains", schema),
             "channel": sql.Literal(self._channel),
             "lockclass": sql.SQL(str(self._lockclass)),
             "unlogged": sql.SQL("UNLOGGED " if self._unlogged else ""),
@@ -596,16 +744,27 @@ class PostgresThreadLock(BaseThreadLock):
             sql.SQL(
                 "INSERT INTO {} (table_name, version, unlogged) VALUES (%s, %s, %s)"
                 " ON CONFLICT (table_name) DO UPDATE SET version = excluded.version,"
-                " unlogged = excluded.unlogged, updated_at = now()"
+                " updated_at = now()"
             ).format(version_table),
             (self._table, SCHEMA_VERSION, self._unlogged),
         )
 
     # -- primitives -------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_ttl(ttl: float) -> None:
+        if ttl > _MAX_TTL:
+            raise ValueError(f"ttl must be at most {_MAX_TTL:g} seconds on Postgres, got {ttl!r}")
+
+    @staticmethod
+    def _forged(lease: Lease) -> bool:
+        """A lease no acquire can have made (a NUL, which Postgres text cannot hold)."""
+        return "\x00" in lease.key or not isinstance(lease.token, str) or "\x00" in lease.token
+
     async def _acquire(self, key: str, ttl: float, timeout: float | None) -> Lease:
+        self._check_ttl(ttl)
         owner = self._task_owner()
-        token = secrets.token_hex(16)
+        token = self._new_id()
         await anyio.lowlevel.checkpoint_if_cancelled()
         if timeout == 0:
             try:
@@ -618,7 +777,10 @@ class PostgresThreadLock(BaseThreadLock):
                 return attempt.lease(key, token, ttl)
             raise attempt.busy(key)
 
-        waiter = _Waiter()
+        # Registered before the first attempt (a dict entry), so that a release by this
+        # instance can hand it the key from then on; the listening connection is only started
+        # once the attempt says we have to wait.
+        waiter = _Waiter(self._new_id())
         self._listener.register(waiter)
         deadline = None if timeout is None else anyio.current_time() + timeout
         seq: int | None = None
@@ -631,8 +793,11 @@ class PostgresThreadLock(BaseThreadLock):
                 await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled at the grant: give back
                 if attempt.status == "granted":
                     return attempt.lease(key, token, ttl)
+                if waiter.granted is not None:  # handed over while our statement ran
+                    return waiter.lease(key, token, ttl)
                 if self._closed:
                     raise BackendError("PostgresThreadLock was closed while waiting")
+                self._listener.ensure_listening()
                 seq = attempt.seq
                 now = anyio.current_time()
                 if deadline is not None and now >= deadline:
@@ -645,6 +810,9 @@ class PostgresThreadLock(BaseThreadLock):
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 await waiter.wait(wait)
+                if waiter.granted is not None:  # a release by this instance handed it over
+                    await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled: give back
+                    return waiter.lease(key, token, ttl)
         except BaseException:
             await self._abandon(key, token)
             raise
@@ -652,10 +820,14 @@ class PostgresThreadLock(BaseThreadLock):
             self._listener.unregister(waiter)
 
     async def _release(self, lease: Lease) -> bool:
-        rows = await self._execute(self._q_release, (lease.key, lease.token))
-        return bool(rows[0][0])
+        if self._forged(lease):
+            return False
+        return await self._release_statement(lease.key, lease.token)
 
     async def _extend(self, lease: Lease, ttl: float) -> Lease:
+        self._check_ttl(ttl)
+        if self._forged(lease):
+            raise LeaseLost(lease.key, lease.fence, "no such lease")
         rows = await self._execute(self._q_extend, (lease.key, lease.token, ttl))
         if not rows:
             raise LeaseLost(lease.key, lease.fence, "expired or taken before extend")
@@ -664,7 +836,7 @@ class PostgresThreadLock(BaseThreadLock):
 
     @staticmethod
     def _info(row: tuple[Any, ...]) -> LockInfo:
-        key, fence, owner, acquired_at, expires_at, waiters = row
+        key, fence, owner, acquired_at, expires_at, waiters, run_id = row
         return LockInfo(
             key=str(key),
             fence=int(fence),
@@ -672,7 +844,7 @@ class PostgresThreadLock(BaseThreadLock):
             acquired_at=float(acquired_at),
             expires_at=float(expires_at),
             waiters=int(waiters),
-            run_id=None,
+            run_id=None if run_id is None else str(run_id),
         )
 
     async def _inspect(self, key: str) -> LockInfo | None:
@@ -681,6 +853,86 @@ class PostgresThreadLock(BaseThreadLock):
 
     async def _held(self) -> list[LockInfo]:
         return [self._info(row) for row in await self._execute(self._q_held)]
+
+    # -- run registry and chain heads (RunRegistry, ChainStore) ------------------------------
+
+    async def track_run(self, record: RunRecord) -> None:
+        """Record a run or background response; see :class:`threadlock.RunRegistry`.
+
+        One statement (an upsert): recording the same ``key`` and ``run_id`` again replaces
+        the entry and keeps its place. Committed synchronously, so the entry survives a crash
+        of this process and of the server.
+        """
+        if not isinstance(record, RunRecord):
+            raise TypeError(f"record must be a RunRecord, not {type(record).__name__}")
+        self._check_open()
+        await self._execute(
+            self._q_track,
+            (
+                record.key,
+                record.kind,
+                record.run_id,
+                record.thread_id,
+                record.created_at,
+                record.fence,
+                record.owner,
+            ),
+        )
+
+    async def untrack_run(self, key: str, run_id: str) -> None:
+        """Forget a run; see :class:`threadlock.RunRegistry`. A missing entry is no error."""
+        check_key(key)
+        check_key(run_id, "run_id")
+        self._check_open()
+        await self._execute(self._q_untrack, (key, run_id))
+
+    async def tracked_runs(self, key: str | None = None) -> list[RunRecord]:
+        """The recorded runs of ``key`` (or of every key), oldest first."""
+        if key is not None:
+            check_key(key)
+        self._check_open()
+        if key is None:
+            rows = await self._execute(self._q_tracked_all)
+        else:
+            rows = await self._execute(self._q_tracked_key, (key,))
+        return [self._record(row) for row in rows]
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> RunRecord:
+        key, kind, run_id, thread_id, created_at, fence, owner = row
+        run_kind: RunKind = "response" if kind == "response" else "run"
+        return RunRecord(
+            str(key),
+            run_kind,
+            str(run_id),
+            str(thread_id),
+            float(created_at),
+            int(fence),
+            str(owner),
+        )
+
+    async def chain_head(self, key: str) -> str | None:
+        """The last response id of chain ``key``; see :class:`threadlock.ChainStore`."""
+        check_key(key)
+        self._check_open()
+        rows = await self._execute(self._q_chain_head, (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def advance_chain(self, lease: Lease, expected: str | None, new: str) -> bool:
+        """Compare-and-set the chain head while ``lease`` is held; one statement.
+
+        It checks the lease's token (and that it has not expired) under the key's advisory
+        lock, the same serialisation as acquire, release and extend, then moves the head from
+        ``expected`` (``None``: no head yet) to ``new``.
+        """
+        if not isinstance(lease, Lease):
+            raise TypeError(f"lease must be a threadlock.Lease, not {type(lease).__name__}")
+        check_key(new, "new")
+        self._check_open()
+        if self._forged(lease):
+            return False
+        rows = await self._execute(self._q_advance_chain, (lease.key, lease.token, expected, new))
+        return bool(rows[0][0])
 
     async def _aclose(self) -> None:
         await self._listener.aclose()

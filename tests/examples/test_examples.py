@@ -1,0 +1,437 @@
+"""The examples in examples/, each driven as its framework would drive it, against FakeOpenAI.
+
+Nothing of threadlock is mocked. Telegram is replaced by aiogram's own session hook
+(``Bot(session=...)``), HTTP by httpx's ASGI transport, and Redis and Postgres are private
+servers started for the test (skipped where the binaries are missing, failed under CI=true).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from tests._servers.postgres_server import PostgresServer, ServerUnavailable
+
+from threadlock import MemoryThreadLock
+from threadlock.testing import FakeOpenAI
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# Variables that would switch an example from its offline demo to real services.
+_REAL_SERVICE_VARS = (
+    "OPENAI_API_KEY",
+    "TELEGRAM_BOT_TOKEN",
+    "THREADLOCK_URL",
+    "REDIS_URL",
+    "UPSTASH_REDIS_URL",
+    "REDIS_HOST",
+    "DATABASE_URL",
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiogram, FastAPI's servers, arq and procrastinate run on asyncio
+
+
+@cache
+def load(name: str) -> ModuleType:
+    """Import examples/<name>.py as module ``example_<name>``."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _REAL_SERVICE_VARS}
+    env.update(extra)
+    return env
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and this example test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+# -- every example runs as a script ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "expect"),
+    [
+        ("asyncio_bot.py", "every user answered in order: True"),
+        ("aiogram_bot.py", "bot -> chat 2: Reply to: message 2 from chat 2"),
+        ("fastapi_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
+        ("arq_worker.py", "second, retried: Reply to: second"),
+        ("assistants_thread.py", "run statuses: ['completed', 'completed']"),
+    ],
+)
+def test_example_runs_offline(script: str, expect: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=offline_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert expect in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+# -- plain asyncio ---------------------------------------------------------------------------
+
+
+async def test_asyncio_bot_answers_each_user_in_order() -> None:
+    example = load("asyncio_bot")
+    fake = FakeOpenAI(response_duration=0.02)
+    replies = await example.run(fake.client(), MemoryThreadLock(), users=3, messages=5)
+    assert fake.concurrency_errors == 0
+    for user, pairs in replies.items():
+        assert [text for text, _ in pairs] == [f"{user} message {i}" for i in range(5)]
+        assert all(reply == f"Reply to: {text}" for text, reply in pairs)
+
+
+# -- Assistants thread with a tool call -------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK's: Assistants is sunset
+async def test_assistants_turns_wait_through_requires_action() -> None:
+    example = load("assistants_thread")
+    fake = FakeOpenAI(run_duration=0.1)
+    statuses = await example.run(fake.client(), fake)
+    assert statuses == ["completed", "completed"]
+    assert fake.concurrency_errors == 0  # the second turn waited while the first run needed us
+    assert fake.calls["POST /threads/{thread_id}/runs/{run_id}/submit_tool_outputs"] == 1
+    assert fake.calls["POST /threads/{thread_id}/runs"] == 2
+
+
+# -- aiogram ---------------------------------------------------------------------------------
+
+
+async def test_aiogram_bot_serialises_each_chat_in_arrival_order() -> None:
+    example = load("aiogram_bot")
+    from aiogram import Bot
+
+    fake = FakeOpenAI(response_duration=0.02)
+    session = example.OfflineSession()
+    bot = Bot("123456:test-token", session=session)
+    async with MemoryThreadLock() as lock:
+        dp = example.build_dispatcher(lock, fake.client())
+        tasks = []
+        for i in range(4):
+            for chat in (11, 22):
+                update = example.text_update(chat, f"chat {chat} message {i}")
+                tasks.append(asyncio.create_task(dp.feed_update(bot, update)))
+            await asyncio.sleep(0.005)  # messages of one chat arrive one after the other
+        await asyncio.gather(*tasks)
+        heads = {chat: await lock.chain_head(example.chain_key(chat)) for chat in (11, 22)}
+        assert await lock.held() == []
+
+    assert fake.concurrency_errors == 0
+    assert fake.branches() == {}  # no two turns continued from the same response
+    for chat in (11, 22):
+        texts = [f"chat {chat} message {i}" for i in range(4)]
+        assert [text for c, text in session.sent if c == chat] == [f"Reply to: {t}" for t in texts]
+        # The whole chat is one linear chain of responses, oldest first.
+        assert fake.response_chain(heads[chat]) == texts
+
+
+async def test_aiogram_offline_session_refuses_unknown_calls() -> None:
+    example = load("aiogram_bot")
+    from aiogram import Bot
+
+    bot = Bot("123456:test-token", session=example.OfflineSession())
+    with pytest.raises(NotImplementedError):
+        await bot.get_me()
+
+
+# -- FastAPI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[Any, httpx.AsyncClient, MemoryThreadLock, FakeOpenAI]]:
+    example = load("fastapi_webhook")
+    fake = FakeOpenAI(response_duration=0.05)
+    lock = MemoryThreadLock()
+    app = example.create_app(lock=lock, client=fake.client())
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://webhook") as http,
+    ):
+        yield app, http, lock, fake
+
+
+async def test_fastapi_burst_gets_no_conversation_locked(webhook: Any) -> None:
+    _app, http, _lock, fake = webhook
+
+    async def post(user: str, text: str) -> httpx.Response:
+        return await http.post("/webhook", json={"user_id": user, "text": text})
+
+    answers = await asyncio.gather(
+        *(post(f"u{u}", f"message {i}") for i in range(5) for u in range(3))
+    )
+    assert [a.status_code for a in answers] == [200] * 15
+    assert fake.concurrency_errors == 0
+    for u in range(3):
+        bodies = [a.json() for a in answers if a.json()["user_id"] == f"u{u}"]
+        assert sorted(b["reply"] for b in bodies) == [f"Reply to: message {i}" for i in range(5)]
+        assert len({b["fence"] for b in bodies}) == 5  # five turns, five fences
+    assert (await http.get("/locks")).json() == []
+
+
+async def test_fastapi_busy_conversation_is_429_with_retry_after(
+    webhook: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, http, lock, _fake = webhook
+    monkeypatch.setattr(load("fastapi_webhook"), "TURN_TIMEOUT", 0.2)
+    conversation_id = await app.state.conversations.get("u1")
+    async with lock.hold(conversation_id, ttl=7):  # another worker's turn
+        answer = await http.post("/webhook", json={"user_id": "u1", "text": "hi"})
+        locks = (await http.get("/locks")).json()
+    assert answer.status_code == 429
+    assert 1 <= int(answer.headers["Retry-After"]) <= 7
+    assert [entry["key"] for entry in locks] == [conversation_id]
+
+
+async def test_fastapi_client_disconnect_releases_the_lock(webhook: Any) -> None:
+    _app, http, lock, fake = webhook
+    fake.response_duration = 5.0  # a slow model: the client gives up mid-turn
+    request = asyncio.create_task(http.post("/webhook", json={"user_id": "u9", "text": "slow"}))
+    deadline = time.monotonic() + 5
+    while not await lock.held():
+        assert time.monotonic() < deadline, "the turn never started"
+        await asyncio.sleep(0.01)
+    request.cancel()  # ASGITransport runs the app in the request's task: the handler is cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert await lock.held() == []
+
+
+# -- arq -------------------------------------------------------------------------------------
+
+
+async def test_arq_job_turns_thread_busy_into_retry() -> None:
+    example = load("arq_worker")
+    from arq import Retry
+
+    fake = FakeOpenAI(response_duration=0.01)
+    lock = MemoryThreadLock()
+    ctx: dict[str, Any] = {"lock": lock, "openai": fake.client()}
+    conversation_id = fake.add_conversation()
+    async with lock.hold(conversation_id, ttl=12):  # another job's turn
+        with pytest.raises(Retry) as retry:
+            await example.answer_message(ctx, conversation_id, "hello")
+    assert retry.value.defer_score is not None
+    assert 0 < retry.value.defer_score <= 12_000  # the holder's remaining lease, in ms
+    assert fake.conversation_inputs(conversation_id) == []  # nothing was sent while busy
+    assert await example.answer_message(ctx, conversation_id, "hello") == "Reply to: hello"
+    assert fake.conversation_inputs(conversation_id) == ["hello"]
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    from tests._servers.redis_server import RedisServer, require_redis_server
+
+    require_redis_server()
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")  # arq 0.25
+async def test_arq_worker_retries_busy_jobs_until_all_are_answered(redis_url: str) -> None:
+    example = load("arq_worker")
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.worker import Worker
+
+    fake = FakeOpenAI(response_duration=0.1)
+    conversation_id = fake.add_conversation()
+    settings = RedisSettings.from_dsn(redis_url)
+    pool = await create_pool(settings)
+    texts = [f"message {i}" for i in range(4)]
+    jobs = [await pool.enqueue_job("answer_message", conversation_id, t) for t in texts]
+    ctx = {"lock": MemoryThreadLock(), "openai": fake.client(), "turn_ttl": 0.6}
+    worker = Worker(
+        functions=[example.answer_message],
+        redis_settings=settings,
+        burst=True,
+        max_jobs=4,
+        max_tries=100,
+        poll_delay=0.05,
+        ctx=ctx,
+        handle_signals=False,
+    )
+    try:
+        await asyncio.wait_for(worker.main(), timeout=60)
+        results = [await job.result(timeout=5) for job in jobs]  # type: ignore[union-attr]
+        infos = [await job.result_info() for job in jobs]  # type: ignore[union-attr]
+    finally:
+        await worker.close()
+        await pool.aclose()
+    assert results == [f"Reply to: {t}" for t in texts]
+    assert fake.concurrency_errors == 0
+    assert sorted(fake.conversation_inputs(conversation_id)) == texts  # each sent exactly once
+    assert max(info.job_try for info in infos if info) > 1  # busy jobs were retried by arq
+
+
+# -- Postgres job queue (procrastinate) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer.create()
+    except ServerUnavailable as error:
+        _unavailable(str(error))
+        raise  # unreachable
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def queue_dsn(pg_server: PostgresServer) -> str:
+    """A fresh database per test: procrastinate's, threadlock's and the inbox's tables."""
+    name = f"queue_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_server.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def _send_burst(example: ModuleType, dsn: str, contacts: int, messages: int) -> None:
+    app = example.make_app(dsn)
+    async with app.open_async():
+        for i in range(messages):
+            for c in range(contacts):
+                await example.receive(app, dsn, f"contact{c}", f"message {i}")
+
+
+async def test_pg_queue_serialises_contacts_and_bounds_concurrency(queue_dsn: str) -> None:
+    example = load("pg_job_queue")
+    await example.setup(queue_dsn)
+    await example.setup(queue_dsn)  # idempotent
+    await _send_burst(example, queue_dsn, contacts=5, messages=4)
+    await asyncio.wait_for(
+        example.run_worker(queue_dsn, concurrency=2, reply_seconds=0.05, until_done=True), 90
+    )
+    report = await example.report(queue_dsn)
+    assert report["answered"] == report["messages"] == 20
+    assert report["out_of_order"] == 0
+    assert report["overlapping_turns"] == 0
+    assert 1 <= report["max_contacts_at_once"] <= 2
+
+
+def test_pg_queue_script_demo(queue_dsn: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "pg_job_queue.py"), "--dsn", queue_dsn, "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=offline_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"answered": 20' in done.stdout
+    assert '"out_of_order": 0' in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def _worker(dsn: str, *, concurrency: int, ttl: float) -> subprocess.Popen[str]:
+    command = [sys.executable, str(EXAMPLES / "pg_job_queue.py"), "--dsn", dsn, "worker"]
+    command += ["--concurrency", str(concurrency), "--ttl", str(ttl)]
+    command += ["--sweep-every", "0.5", "--reply-seconds", "0.3"]
+    return subprocess.Popen(
+        command, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+async def _wait_for(dsn: str, query: str, *, timeout: float) -> tuple[Any, ...]:
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = await (await conn.execute(query)).fetchone()
+            if row is not None and row[0]:
+                return tuple(row)
+            assert time.monotonic() < deadline, f"timed out waiting for: {query}"
+            await asyncio.sleep(0.05)
+
+
+async def test_pg_queue_loses_no_message_across_sigkill_and_restart(queue_dsn: str) -> None:
+    example = load("pg_job_queue")
+    await example.setup(queue_dsn)
+    await _send_burst(example, queue_dsn, contacts=4, messages=5)
+
+    first = _worker(queue_dsn, concurrency=3, ttl=2.0)
+    try:
+        # Kill it in the middle of a turn: some answered, one started and not answered.
+        await _wait_for(
+            queue_dsn,
+            "SELECT count(*) FILTER (WHERE answered_at IS NOT NULL) >= 4"
+            " AND bool_or(started_at IS NOT NULL AND answered_at IS NULL) FROM bot_inbox",
+            timeout=60,
+        )
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    async with await psycopg.AsyncConnection.connect(queue_dsn) as conn:
+        cur = await conn.execute(
+            "SELECT id FROM bot_inbox WHERE started_at IS NOT NULL AND answered_at IS NULL"
+        )
+        cut_short = [row[0] for row in await cur.fetchall()]
+        cur = await conn.execute("SELECT count(*) FROM threadlock_leases")
+        leases_left = (await cur.fetchone())[0]  # type: ignore[index]
+    assert cut_short
+    assert leases_left >= 1  # the dead worker's leases are still there, until their TTL
+
+    second = _worker(queue_dsn, concurrency=3, ttl=2.0)
+    try:
+        await _wait_for(
+            queue_dsn, "SELECT bool_and(answered_at IS NOT NULL) FROM bot_inbox", timeout=60
+        )
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait()
+
+    report = await example.report(queue_dsn)
+    assert report["answered"] == report["messages"] == 20
+    assert report["out_of_order"] == 0
+    assert report["overlapping_turns"] == 0
+    assert report["max_contacts_at_once"] <= 3
+    assert len(report["workers"]) == 2  # both processes answered some
+    async with await psycopg.AsyncConnection.connect(queue_dsn) as conn:
+        cur = await conn.execute("SELECT worker FROM bot_inbox WHERE id = ANY(%s)", (cut_short,))
+        answered_by = {row[0] for row in await cur.fetchall()}
+    assert all(w.endswith(f":{second.pid}") for w in answered_by)

@@ -35,7 +35,12 @@ def check_key(key: object, name: str = "key") -> str:
 def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise ValueError(
+            f"{name} is out of range, got an integer of {len(str(value))} digits"
+        ) from None
     if math.isnan(number):
         raise ValueError(f"{name} must not be NaN")
     return number

@@ -24,6 +24,7 @@ renewals and releases. The lock itself reports acquire, renew, loss on renew and
 
 from __future__ import annotations
 
+import math
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -45,9 +46,10 @@ __all__ = ["DEFAULT_RELEASE_TIMEOUT", "Hold"]
 #: expires by its TTL).
 DEFAULT_RELEASE_TIMEOUT = 5.0
 
-# Share of the TTL kept as a safety margin on the local estimate of the first expiry: the
-# grant happened a little before ``acquire`` returned, and that delay is not known locally.
-_GRANT_MARGIN = 0.1
+# An acquire that returned within this share of the TTL counts its lease from when it was
+# called (the grant came after that, so the estimate errs early). A slower one is renewed at
+# once, before the body runs, and counted from that renewal.
+_QUICK_GRANT = 0.1
 
 
 class Hold:
@@ -86,6 +88,7 @@ class Hold:
         self._lease: Lease | None = None
         self._lost: LeaseLost | None = None
         self._deadline = 0.0  # local monotonic estimate of the lease's expiry
+        self._max_hold_at = math.inf
         self._group: anyio.abc.TaskGroup | None = None
         self._body: anyio.CancelScope | None = None
         self._entered = False
@@ -111,13 +114,21 @@ class Hold:
         if scope is not None:
             scope.__enter__()
             self._scope = scope
+        started = anyio.current_time()
         try:
             lease = await self._lock.acquire(self._key, ttl=self._ttl, timeout=self._timeout)
         except BaseException as error:
             self._end_scope(type(error), error, error.__traceback__)
             raise
         self._lease = lease
-        self._deadline = anyio.current_time() + lease.ttl * (1 - _GRANT_MARGIN)
+        if anyio.current_time() - started <= lease.ttl * _QUICK_GRANT:
+            # The grant came after ``started``, so it expires after started + ttl.
+            self._deadline = started + lease.ttl
+        else:
+            # A long wait (or a slow answer): when it was granted is not known here, so
+            # renew at once and count from when the renewal was sent. A lease that expired
+            # before its grant reached us fails here, before the body runs.
+            await self._confirm(lease)
         try:
             group = anyio.create_task_group()
             await group.__aenter__()
@@ -128,12 +139,30 @@ class Hold:
         self._group = group
         body = anyio.CancelScope()
         if self._max_hold is not None:
-            body.deadline = anyio.current_time() + self._max_hold
+            self._max_hold_at = anyio.current_time() + self._max_hold
+        # The body never outlives the lease's local expiry estimate, even when a renewal is
+        # stuck in a round trip that cannot be interrupted: the deadline cancels it.
+        body.deadline = min(self._max_hold_at, self._deadline)
         body.__enter__()
         self._body = body
         self._stop = anyio.Event()
         group.start_soon(self._renew, self._stop, name="threadlock renew")
         return lease
+
+    async def _confirm(self, lease: Lease) -> None:
+        sent = anyio.current_time()
+        try:
+            self._lease = await self._lock.extend(lease)
+        except BaseException as error:
+            await self._release()
+            self._end_scope(type(error), error, error.__traceback__)
+            raise
+        self._deadline = sent + self._lease.ttl
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._body is not None:
+            self._body.deadline = min(self._max_hold_at, deadline)
 
     @property
     def _observer(self) -> Observer:
@@ -198,6 +227,11 @@ class Hold:
             if not outer_cancel:  # a cancellation from outside still wins
                 raise self._lost from (None if swallowed else exc)
         elif body.cancelled_caught:
+            if self._deadline < self._max_hold_at:  # the lease ran out before max_hold
+                assert self._lease is not None
+                lost = LeaseLost(self._key, self._lease.fence, "not renewed before it expired")
+                self._lose(lost, reported=False)
+                raise lost from None
             raise TimeoutError(f"hold({self._key!r}) exceeded max_hold={self._max_hold}s")
 
     async def _release(self) -> None:
@@ -258,5 +292,5 @@ class Hold:
             finally:
                 self._extending = False
             self._lease = lease
-            self._deadline = sent + lease.ttl
+            self._set_deadline(sent + lease.ttl)
             next_at = sent + self._renew_every

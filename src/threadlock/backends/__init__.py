@@ -57,7 +57,13 @@ def from_url(url: str, **options: Any) -> BaseThreadLock:
         raise ValueError(f"url: unknown scheme {scheme!r} in {url!r}; known schemes: {known}")
     module_name, _, class_name = target.partition(":")
     backend = getattr(importlib.import_module(module_name), class_name)
-    lock: BaseThreadLock = backend.from_url(url, **options)
+    try:
+        lock: BaseThreadLock = backend.from_url(url, **options)
+    except (ValueError, TypeError, ImportError):
+        raise
+    except Exception as error:  # a driver refusing the URL while building: still bad input
+        # The URL itself is left out of the message: it may carry a password.
+        raise ValueError(f"url: the {scheme}:// URL was refused: {error}") from error
     return lock
 
 

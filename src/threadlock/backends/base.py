@@ -213,8 +213,10 @@ class BaseThreadLock(abc.ABC):
         release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
         observer: Observer | None = None,
     ) -> None:
-        if owner is not None and not isinstance(owner, str):
-            raise TypeError(f"owner must be a str or None, not {type(owner).__name__}")
+        if owner is not None:
+            if not isinstance(owner, str):
+                raise TypeError(f"owner must be a str or None, not {type(owner).__name__}")
+            check_key(owner, "owner")  # non-empty, no NUL, UTF-8, at most 1024 bytes
         self._owner = owner or default_owner()
         self._grace = check_positive(grace, "grace")
         self._release_timeout = check_positive(release_timeout, "release_timeout")

@@ -246,9 +246,12 @@ class MemoryThreadLock(BaseThreadLock):
         if entry is None or entry.holder is None or entry.holder.token != lease.token:
             raise LeaseLost(lease.key, lease.fence, "expired or taken before extend")
         holder = entry.holder
+        shortened = time.monotonic() + ttl < holder.deadline
         holder.ttl = ttl
         holder.deadline = time.monotonic() + ttl
         holder.expires_at = time.time() + ttl
+        if shortened and entry.waiters:  # the head's expiry timer is now too late: re-arm it
+            entry.waiters[0].event.set()
         return holder.lease(lease.key)
 
     async def _inspect(self, key: str) -> LockInfo | None:

@@ -24,7 +24,8 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
-from benchmarks.adapter import AdapterConfig, Capabilities, register_adapter
+from benchmarks.adapter import AdapterConfig, register_adapter
+from benchmarks.redis_commands import RedisCapabilities, server_url
 from benchmarks.targets import Ref, Target, register_targets
 from threadlock import Lease
 from threadlock.backends.redis import RedisThreadLock
@@ -45,7 +46,7 @@ return 0
 def redis_url(config: AdapterConfig) -> str:
     url = config.get("redis_url", env="THREADLOCK_BENCH_REDIS_URL")
     if url:
-        return url
+        return server_url(url)
     global _SERVER  # noqa: PLW0603 - one server per run, shared by every adapter
     with _SERVER_LOCK:
         if _SERVER is None:
@@ -54,7 +55,7 @@ def redis_url(config: AdapterConfig) -> str:
             server = RedisServer().start()
             atexit.register(server.stop)
             _SERVER = server
-        return str(_SERVER.url)
+        return server_url(str(_SERVER.url))
 
 
 def prefix(config: AdapterConfig, name: str) -> str:
@@ -63,7 +64,7 @@ def prefix(config: AdapterConfig, name: str) -> str:
 
 class RedisAdapter:
     name = "redis"
-    capabilities = Capabilities(exclusive=True, fifo=True, loops=ASYNCIO)
+    capabilities = RedisCapabilities(exclusive=True, fifo=True, loops=ASYNCIO)
 
     def __init__(self, config: AdapterConfig) -> None:
         self._config = config
@@ -111,7 +112,7 @@ class _ClientAdapter:
 
 class PingAdapter(_ClientAdapter):
     name = "redis-ping"
-    capabilities = Capabilities(exclusive=False, loops=ASYNCIO)
+    capabilities = RedisCapabilities(exclusive=False, loops=ASYNCIO)
 
     async def acquire(self, key: str) -> None:
         await self.client.ping()
@@ -122,7 +123,7 @@ class PingAdapter(_ClientAdapter):
 
 class SetNxAdapter(_ClientAdapter):
     name = "redis-setnx"
-    capabilities = Capabilities(exclusive=True, fifo=False, loops=ASYNCIO)
+    capabilities = RedisCapabilities(exclusive=True, fifo=False, loops=ASYNCIO)
 
     async def setup(self) -> None:
         await super().setup()
@@ -141,7 +142,7 @@ class SetNxAdapter(_ClientAdapter):
 
 class RedisPyLockAdapter(_ClientAdapter):
     name = "redis-py-lock"
-    capabilities = Capabilities(exclusive=True, fifo=False, loops=ASYNCIO)
+    capabilities = RedisCapabilities(exclusive=True, fifo=False, loops=ASYNCIO)
 
     async def acquire(self, key: str) -> Any:
         lock = self.client.lock(f"{self._prefix}:{key}", timeout=TTL, sleep=0.1)
@@ -174,4 +175,6 @@ register_targets(
     Target("redis", "S3", "inversions", "<=", 0.0),
     Target("redis", "S3", "drain_ms", "<=", 1.3, ref=Ref("asyncio-lock")),
     Target("redis", "S4", "ops_per_s", ">=", 1.0, ref=Ref("redis-py-lock")),
+    Target("redis", "RC", "acquire_round_trips", "<=", 1.0),
+    Target("redis", "RC", "release_round_trips", "<=", 1.0),
 )

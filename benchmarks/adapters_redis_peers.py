@@ -16,8 +16,9 @@ import redis_lock
 from pottery import AIORedlock
 
 import redis
-from benchmarks.adapter import AdapterConfig, Capabilities, register_adapter
+from benchmarks.adapter import AdapterConfig, register_adapter
 from benchmarks.adapters_redis import TTL, prefix, redis_url
+from benchmarks.redis_commands import RedisCapabilities
 
 __all__ = ["PotteryAdapter", "PythonRedisLockAdapter"]
 
@@ -25,7 +26,7 @@ __all__ = ["PotteryAdapter", "PythonRedisLockAdapter"]
 class PythonRedisLockAdapter:
     name = "python-redis-lock"
     # One worker thread per waiting caller: bounded by anyio's default thread limiter.
-    capabilities = Capabilities(exclusive=True, fifo=False, max_tasks=32)
+    capabilities = RedisCapabilities(exclusive=True, fifo=False, max_tasks=32)
 
     def __init__(self, config: AdapterConfig) -> None:
         self._config = config
@@ -51,7 +52,7 @@ class PythonRedisLockAdapter:
 
 class PotteryAdapter:
     name = "pottery-redlock"
-    capabilities = Capabilities(exclusive=True, fifo=False, loops=frozenset({"asyncio"}))
+    capabilities = RedisCapabilities(exclusive=True, fifo=False, loops=frozenset({"asyncio"}))
 
     def __init__(self, config: AdapterConfig) -> None:
         self._config = config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import anyio
@@ -82,10 +83,9 @@ async def test_token_is_not_stored_and_user_key_only_as_a_value(
         assert "secret-key" not in name
         assert KEY_SHAPE.match(name)
     lease_key = next(k for k in keys if k.endswith(":lease"))
-    values = await redis_lock.client.hgetall(lease_key)
-    flat = b" ".join(list(values.keys()) + list(values.values()))
-    assert lease.token.encode() not in flat
-    assert b"secret-key" in flat
+    value = await redis_lock.client.get(lease_key)
+    assert lease.token.encode() not in value
+    assert value.endswith(b"secret-key")  # the user key, last in the lease value
     assert await redis_lock.release(lease)
 
 
@@ -256,3 +256,44 @@ def test_from_url_forms_build_without_connecting() -> None:
         RedisThreadLock("redis://localhost")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="service name"):
         RedisThreadLock.from_url(f"redis+sentinel://127.0.0.1:{port}")
+
+
+def test_tokens_and_tombstone_names_differ_in_a_forked_child() -> None:
+    lock = RedisThreadLock.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    lock._token()  # the random buffer is filled now; a child must not reuse it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, f"{lock._token()} {lock._instance}".encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child[0] != lock._token()
+    assert child[1] != lock._instance
+
+
+async def test_waiters_of_one_instance_share_one_inbox_channel(
+    redis_lock: RedisThreadLock,
+) -> None:
+    lock = redis_lock
+    holders = [await lock.acquire(key, ttl=30.0) for key in ("inbox-a", "inbox-b")]
+    got: list[Lease] = []
+
+    async def waiter(key: str) -> None:
+        got.append(await lock.acquire(key, ttl=30.0, timeout=None))
+
+    async with anyio.create_task_group() as tg:
+        for key in ("inbox-a", "inbox-b"):
+            tg.start_soon(waiter, key)
+            await wait_for_waiters(lock, key, 1)
+        channels = await lock.client.pubsub_channels(f"{lock.prefix}:*")
+        assert channels == [f"{lock.prefix}:inbox:{lock._instance}".encode()]
+        for holder in holders:
+            assert await lock.release(holder)
+    assert sorted(lease.key for lease in got) == ["inbox-a", "inbox-b"]
+    for lease in got:
+        assert await lock.release(lease)
+    # The inbox stays subscribed for the next waiter: no SUBSCRIBE per contended acquire.
+    assert await lock.client.pubsub_channels(f"{lock.prefix}:*") == channels

@@ -10,6 +10,7 @@ import pytest
 
 from _servers.redis_server import RedisCluster3
 from threadlock.backends.redis import RedisThreadLock
+from threadlock.protocol import RunRecord
 from threadlock.testing import BackendConformance
 
 
@@ -69,3 +70,29 @@ async def test_locks_spread_over_every_master_and_use_sharded_pubsub(
         for lease in leases[6:]:
             assert await lock.release(lease)
         assert await lock.held() == []
+
+
+@pytest.mark.anyio
+async def test_registry_and_chains_on_every_master(redis_cluster: RedisCluster3) -> None:
+    prefix = f"tl-cluster-{uuid.uuid4().hex[:12]}"
+    keys = [f"thread-{n}" for n in range(30)]
+    async with RedisThreadLock.from_url(redis_cluster.url, prefix=prefix) as lock:
+        for n, key in enumerate(keys):
+            await lock.track_run(RunRecord(key, "run", f"run-{n}", key, float(n), n, "w"))
+        per_node = [int(node.cli("dbsize")) for node in redis_cluster.nodes]
+        assert all(count > 0 for count in per_node), per_node
+    async with RedisThreadLock.from_url(redis_cluster.url, prefix=prefix) as fresh:
+        records = await fresh.tracked_runs()  # one listing across all masters
+        assert [r.run_id for r in records] == [f"run-{n}" for n in range(30)]
+        lease = await fresh.acquire(keys[3], ttl=30.0, timeout=0)
+        info = await fresh.inspect(keys[3])
+        assert info is not None
+        assert info.run_id == "run-3"
+        assert await fresh.advance_chain(lease, None, "resp_1")
+        assert await fresh.advance_chain(lease, None, "resp_2") is False
+        assert await fresh.chain_head(keys[3]) == "resp_1"
+        assert await fresh.release(lease)
+        assert await fresh.advance_chain(lease, "resp_1", "resp_2") is False
+        for n, key in enumerate(keys):
+            await fresh.untrack_run(key, f"run-{n}")
+        assert await fresh.tracked_runs() == []

@@ -29,15 +29,13 @@ async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_keys(
         pipe = client.pipeline(transaction=False)
         for name, token in zip(names, tokens, strict=True):
             keys = lock._keys(name)
-            args = [lock._channel(name), "p", token, 30_000, owner, name, "try", 5_000]
+            args = ["pt", token, 30_000, owner, name, 5_000]
             await scripts["acquire"](keys, args, client=pipe)
         replies = await pipe.execute()
         assert all(reply[0] == 1 for reply in replies)
         pipe = client.pipeline(transaction=False)
         for name, token in zip(names, tokens, strict=True):
-            await scripts["release"](
-                lock._keys(name), [lock._channel(name), "p", token], client=pipe
-            )
+            await scripts["release"](lock._keys(name), ["p", token], client=pipe)
         assert all(reply == 1 for reply in await pipe.execute())
 
     # ... and the last thousand through the public API, with waiters and hand-offs.

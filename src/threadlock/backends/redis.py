@@ -1,62 +1,83 @@
-"""Redis backend: FIFO leases with direct hand-off, fencing and pub/sub wake-up.
+"""Redis backend: FIFO leases with direct hand-off, fencing, pub/sub wake-up, the run registry.
 
 It runs on redis-py's asyncio clients (:class:`redis.asyncio.Redis`, Sentinel's
 ``master_for``, :class:`redis.asyncio.cluster.RedisCluster`), so it needs the asyncio event
-loop (redis-py's asyncio client does not run on trio); everything else is anyio.
+loop (redis-py's asyncio client does not run on trio).
 
 Key layout
-    One lock ``key`` lives under five Redis keys sharing the hash tag ``{<digest>}``, where the
+    One lock ``key`` lives under Redis keys sharing the hash tag ``{<digest>}``, where the
     digest is the first 128 bits of SHA-256 of the key in hex. Hashing, not escaping, is what
     makes every key an ordinary key: ``{a}b}``, ``*``, ``'; --`` or unicode can neither break
-    the hash tag nor reach a glob or a script (keys and values reach Redis only as KEYS/ARGV).
-    The user's key is stored in the lease hash, so ``held()`` shows it::
+    the hash tag nor reach a glob or a script (keys and values reach Redis only as
+    KEYS/ARGV). The user's key is stored in the lease value, so ``held()`` shows it::
 
-        <prefix>:{<digest>}:lease  hash   k, t=sha1(token), f=fence, o=owner, a/e=µs, ttl=ms
+        <prefix>:{<digest>}:lease  string "<sha1(token)> <w> <fence> <acquired µs> <expires µs>
+                                          <claim by µs> <#owner> <owner><key>"
         <prefix>:{<digest>}:fence  string the last fence; TTL = lease ttl + 1 h after last use
         <prefix>:{<digest>}:queue  zset   waiter id -> arrival order (FIFO)
         <prefix>:{<digest>}:beat   zset   waiter id -> heartbeat deadline (µs, server clock)
-        <prefix>:{<digest>}:meta   hash   waiter id -> "<ttl ms> <owner>", k -> the user key
-        <prefix>:{<digest>}:wake   the notification channel (pub/sub, not a key)
+        <prefix>:{<digest>}:meta   hash   waiter id -> ttl, grace, channel, owner; k -> key
+        <prefix>:{<digest>}:runs   hash   run id -> "<order µs> <record JSON>" (run registry)
+        <prefix>:{<digest>}:chain  string the chain head (a response id)
+        <prefix>:{<digest>}:gone:<attempt>  tombstone of an abandoned acquire (60 s)
 
-    The lease key expires with the lease (``PEXPIREAT``); the queue keys expire with the last
-    waiter's heartbeat deadline and are deleted when the queue empties; the fence key expires
-    one hour after the lease would. A free key therefore leaves only its fence key, for at
-    most ``ttl + 1 h``.
+    The lease key expires when the lease ends (``PXAT``), so its existence is its liveness;
+    the queue keys expire with the last waiter's heartbeat deadline and are deleted when the
+    queue empties; the fence key expires one hour after the lease would. A free key
+    therefore leaves only its fence key, for at most ``ttl + 1 h`` (plus its registry and
+    chain keys, if a guard wrote them, and for a minute the tombstone of a cancelled
+    acquire).
 
 Scripts (``redis_lua/*.lua``, loaded once, run with ``EVALSHA`` and reloaded on NOSCRIPT)
     ``acquire`` (one attempt: take, queue/heartbeat, or leave the queue), ``release``,
-    ``extend``, ``abandon`` (a waiter gives up; if the key was just handed to it, it passes
-    it on) and ``inspect``. Each is one round trip and reads the server clock with ``TIME``,
-    so expiry and waiter deadlines never depend on client clocks. Every script first retires
-    an expired holder and hands the key to the first live waiter, so expiry is exact.
+    ``extend``, ``claim``, ``abandon`` (a waiter gives up; if the key was just handed to it,
+    it passes it on), ``inspect``, ``advance`` (chain compare-and-set) and ``track`` (run
+    registry). Each is one round trip and reads the server clock with ``TIME`` where it
+    needs it, so expiry and waiter deadlines never depend on client clocks. Every lock
+    script first hands a free key with live waiters to the head waiter, so expiry is exact.
+
+    ``acquire`` and ``release`` open with a fast path, written before the shared helpers are
+    even defined (``_head.lua`` holds locals only; ``_common.lua`` is inserted at the
+    script's ``-- @common`` line): a free key with no queue is taken with four Redis calls
+    (``EXISTS lease queue tombstone``, ``TIME``, ``SET fence GET``, ``SET lease PXAT``), and
+    a lease with nobody queued behind it (its ``w`` flag, set when a waiter joins) is
+    released with two (``GET``, ``DEL``). On the Python side the uncontended path is one
+    ``EVALSHA`` each, with arguments pre-encoded where they can be, and nothing else: no
+    subscription, no timer, no task.
 
 FIFO and hand-off
     A waiter joins the queue in the same round trip as its first attempt. ``release`` makes
-    the first live waiter the holder inside the script and publishes the waiter's id on the
-    key's channel; the woken task claims the lease with one more round trip (the acquire
-    script again), which gives it its full TTL. The releaser cannot barge back in ahead of the
-    queue.
+    the first live waiter the holder inside the script and publishes
+    ``"<waiter id> <fence> <acquired µs> <expires µs>"`` to it, so the woken task returns its
+    lease at once, with no further round trip on the hand-off path; a releaser whose waiter
+    is in the same process lets it run before going on. The releaser cannot barge back in
+    ahead of the queue. Within one process, acquires of one key reach Redis in the order they
+    were called (each waits for the previous one's first answer: ``_enter``).
 
 Grace
     A waiter's entry carries a heartbeat deadline (``now + grace`` on the server clock) that
     it renews every ``grace / 3`` while it waits; a waiter past its deadline (its process
-    died) is dropped by the next script that looks at the queue. A key handed to a waiter
-    that died just before the grant lives only ``min(ttl, grace)`` until claimed, so it
-    passes on to the next waiter within ``grace`` instead of after the full TTL. A live
-    waiter whose event loop stalled for longer than ``grace`` rejoins at the tail.
+    died) is dropped by the next script that looks at the queue. A key handed to a waiter is
+    *unclaimed* until the waiter's process claims it with its next ``acquire`` attempt, which
+    the notification triggers (the notification only wakes; the script checks the token, so
+    a forged message cannot hand out a lease); an unclaimed hand-off ends at
+    ``grant + grace``, so a waiter that died just before the grant stalls the key for at most
+    ``grace``, not its TTL. A live waiter whose event loop stalled for longer than ``grace``
+    rejoins at the tail.
 
 Wake-up
     One pub/sub connection per backend instance (per master on Cluster), multiplexed over all
-    keys. Channels are per key and subscribed on demand while a local task waits on that key
-    (reference-counted; unsubscribed when the last local waiter leaves). Per-key channels
-    were chosen over one channel per instance because on Cluster a script may only
-    ``SPUBLISH`` to a channel in its own hash slot: the key's channel shares the key's hash
-    tag, so sharded pub/sub works and notifications stay on one shard. On a plain server the
-    same code uses ``PUBLISH``. The reader task re-subscribes after a dropped connection
-    (redis-py reconnects it), and every (re)subscription confirmation wakes the local
-    waiters of that channel to re-check, so a notification lost while unsubscribed costs
-    one round trip. Besides, every wait re-checks at the latest when the holder's lease
-    expires and at each heartbeat, so a lost notification never costs more than that.
+    keys. On a plain server every waiter of an instance is notified on the instance's own
+    channel, ``<prefix>:inbox:<random id>``, subscribed at the first wait and kept: a
+    contended acquire costs no SUBSCRIBE, and a grant published before the waiter registered
+    locally is kept for it (``_early``). With sharded pub/sub (Cluster) a script may only
+    ``SPUBLISH`` to a channel in its own hash slot, so there the channel is the key's own,
+    ``<prefix>:{<digest>}:wake``, subscribed while a local task waits on the key and dropped
+    about a second after the last one left. The reader task re-subscribes after a dropped
+    connection (redis-py reconnects it), and every (re)subscription confirmation wakes the
+    local waiters of that channel to re-check, so a notification lost while unsubscribed
+    costs one round trip. Besides, every wait re-checks at the latest when the holder's
+    lease ends and at each heartbeat, so a lost notification never costs more than that.
 
 Fences
     ``fence = max(last fence + 1, server time in µs)``: strictly increasing per key, also
@@ -64,10 +85,42 @@ Fences
     clock does not step back by more than the hour the fence key is kept.
 
 Cancellation
-    Every round trip runs shielded, so its outcome is always known; a waiter cancelled or
-    timed out at any point after its first attempt runs the shielded ``abandon`` script,
-    which removes its queue entry or, if the key was granted to it meanwhile, passes the key
-    on.
+    Cancellation is delivered before an acquire's first attempt. After it, any way out but
+    success runs the shielded ``abandon`` script, which passes the key on if it was granted
+    to us, else takes us out of the queue, and writes the acquire's tombstone, so that an
+    attempt cancelled in flight whose bytes reach Redis only afterwards changes nothing. A
+    release cancelled in flight releases again, shielded. That is what lets acquire and
+    release themselves run unshielded: an anyio shielded scope costs as much CPU as all the
+    rest of an uncontended acquire. Every other round trip is shielded.
+
+Run registry (:class:`threadlock.RunRegistry`)
+    One hash per lock, ``<prefix>:{<digest>}:runs``, in the lock's hash slot: field = run
+    id, value = ``"<order µs> <JSON>"`` where the JSON holds the :class:`RunRecord` (ids,
+    times, fence and owner: never message content). ``track_run`` is one ``EVALSHA``
+    (``track.lua``): the order is the server time of the first track of that run id, so
+    ``tracked_runs(key)`` lists entries in the order recorded and re-tracking keeps the
+    place. The hash expires ``registry_ttl`` (24 h by default, at least the 600 s an OpenAI
+    run can live) after its last ``track_run``, and each ``track_run`` drops entries older
+    than ``registry_ttl``: an entry a crashed worker left behind stays for recovery long
+    after its run must have ended, and nothing grows without bound. ``untrack_run`` is one
+    ``HDEL``. Because the hash shares the lock's slot, ``inspect`` (and ``held``) read the
+    newest entry in the same script as the lease: :attr:`LockInfo.run_id`.
+
+    ``tracked_runs(None)`` finds the hashes of this prefix with ``SCAN`` (on every master of a
+    Cluster), then reads each with ``HGETALL``. A global index (one set of the keys that have
+    runs) was rejected: on Cluster it lives in another slot than the lock, so every
+    ``track_run``/``untrack_run`` would become two round trips that a crash can separate (an
+    index that drifts from the entries), and one shard would take every registry write of
+    the whole fleet. Writes happen on every guarded turn; the global listing happens once at
+    start-up (``recover_orphaned_runs``) and in the CLI, where a ``SCAN`` costs a moment.
+
+Chain heads (:class:`threadlock.ChainStore`)
+    ``<prefix>:{<digest>}:chain`` holds the last response id of a ``previous_response_id``
+    chain (the chain key is the lease key). ``chain_head`` is one ``GET``; ``advance_chain``
+    is one ``EVALSHA`` (``advance.lua``) that checks, in the same script, that the lease is
+    the caller's live lease (token) and that the head is the expected one, then sets the new
+    head with a TTL of ``chain_ttl`` (30 days by default), refreshed on every advance: a
+    conversation left alone that long starts a new chain.
 """
 
 from __future__ import annotations
@@ -76,10 +129,14 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.resources
+import json
 import logging
 import math
+import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -93,8 +150,11 @@ from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
 
 from threadlock._lease import Lease, LockInfo
+from threadlock._validate import check_key, check_positive
 from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
+from threadlock.observe import Observer
+from threadlock.protocol import RunKind, RunRecord
 
 __all__ = ["RedisThreadLock"]
 
@@ -102,23 +162,56 @@ logger = logging.getLogger("threadlock")
 
 _T = TypeVar("_T")
 _MIN_RETRY_AFTER = 0.001
-_SCRIPTS = ("acquire", "release", "extend", "abandon", "inspect")
+_LOCK_SCRIPTS = ("acquire", "release", "extend", "abandon", "inspect", "advance")
+_SCRIPTS = (*_LOCK_SCRIPTS, "track")
 _GLOB_SPECIALS = "\\*?[]"
 #: How long a lost subscriber connection waits before redis-py is asked to reconnect it.
 _RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 _HELD_CONCURRENCY = 32
+_NAMES_CACHED = 4096
+_EARLY_KEPT = 256
+_NUMKEYS = {n: str(n).encode() for n in range(1, 8)}
+_MODES = {"try": b"t", "wait": b"w", "last": b"l"}
+#: Seconds a channel stays subscribed after its last local waiter left.
+_LINGER = 1.0
+#: The longest an OpenAI run lives (it expires 10 minutes after creation): the run registry
+#: must keep entries at least that long.
+_MIN_REGISTRY_TTL = 600.0
+DEFAULT_REGISTRY_TTL = 24 * 3600.0
+DEFAULT_CHAIN_TTL = 30 * 24 * 3600.0
 
 
 def _load_scripts() -> dict[str, str]:
+    """Script texts: ``_head.lua`` + the script with ``-- @common`` replaced by the helpers.
+
+    A script without the ``-- @common`` marker is standalone (``track.lua``).
+    """
     folder = importlib.resources.files("threadlock.backends") / "redis_lua"
+    head = (folder / "_head.lua").read_text(encoding="utf-8")
     common = (folder / "_common.lua").read_text(encoding="utf-8")
-    return {
-        name: common + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPTS
-    }
+    texts = {}
+    for name in _SCRIPTS:
+        body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+        if "\n-- @common\n" in body:
+            texts[name] = head + "\n" + body.replace("\n-- @common\n", "\n" + common + "\n", 1)
+        else:
+            texts[name] = body
+    return texts
 
 
 _SCRIPT_TEXT = _load_scripts()
+
+#: Every backend instance, so a forked child draws fresh randomness (see _token).
+_INSTANCES: weakref.WeakSet[RedisThreadLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_INSTANCES):
+        instance._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _text(value: object) -> str:
@@ -139,17 +232,70 @@ def _waiter_id(token: str) -> str:
     return hashlib.sha1(token.encode("ascii")).hexdigest()  # noqa: S324 - an id, not security
 
 
-class _Waiter:
-    """A local task waiting on a key, woken to re-check (granted, or the subscription changed)."""
+class _Names:
+    """The Redis key names of one lock (all in one hash slot) and its channel.
 
-    __slots__ = ("event", "id")
+    The lists are the KEYS of the scripts, pre-encoded, so a call does not encode them again.
+    """
+
+    __slots__ = ("base", "chain", "channel", "full", "key", "lock", "runs", "with_runs")
+
+    def __init__(self, base: str, key: str = "") -> None:
+        self.base = base
+        parts = ("lease", "fence", "queue", "beat", "meta")
+        #: KEYS 1-5 of every lock script: lease, fence, queue, beat, meta
+        self.lock = [f"{base}:{part}".encode() for part in parts]
+        self.runs = f"{base}:runs"
+        self.chain = f"{base}:chain"
+        self.with_runs = [*self.lock, self.runs.encode()]  # KEYS 1-6 (acquire, inspect)
+        self.full = [*self.with_runs, self.chain.encode()]  # KEYS 1-7 (advance)
+        self.channel = f"{base}:wake"
+        self.key = key.encode()
+
+    def acquire_keys(self, attempt: str) -> list[bytes]:
+        """KEYS 1-6 and the tombstone of one acquire (KEYS 7 of acquire and abandon);
+        ``attempt`` names the acquire uniquely (it need not be secret)."""
+        return [*self.with_runs, f"{self.base}:gone:{attempt}".encode()]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Waiter:
+    """A local task waiting on a key, woken to re-check or, with the grant, to return."""
+
+    __slots__ = ("_future", "grant", "granted_at", "id", "woken")
 
     def __init__(self, waiter_id: str) -> None:
         self.id = waiter_id
-        self.event = anyio.Event()
+        self.woken = False
+        self.grant: tuple[int, int, int] | None = None  # fence, acquired µs, expires µs
+        self.granted_at = 0.0
+        self._future: asyncio.Future[None] | None = None
 
-    def wake(self) -> None:
-        self.event.set()
+    def wake(self, grant: tuple[int, int, int] | None = None, at: float | None = None) -> None:
+        if grant is not None:
+            self.grant = grant
+            self.granted_at = time.monotonic() if at is None else at
+        self.woken = True
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def sleep(self, delay: float) -> None:
+        """Until woken or ``delay`` seconds passed (a plain future and one timer)."""
+        if self.woken or delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        future = self._future = loop.create_future()
+        handle = loop.call_later(delay, _resolve, future)
+        try:
+            await future
+        finally:
+            handle.cancel()
+            self._future = None
 
 
 class _Subscriber:
@@ -159,19 +305,19 @@ class _Subscriber:
         self._backend = backend
         self._pubsub = pubsub
         self._sharded = sharded
-        self._channels: set[str] = set()
+        self.channels: set[str] = set()
         self._lock = anyio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def subscribe(self, channel: str) -> None:
         async with self._lock:
-            if channel in self._channels:
+            if channel in self.channels:
                 return
             if self._sharded:
                 await self._pubsub.ssubscribe(channel)
             else:
                 await self._pubsub.subscribe(channel)
-            self._channels.add(channel)
+            self.channels.add(channel)
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(
                     self._read(), name="threadlock redis subscriber"
@@ -179,9 +325,9 @@ class _Subscriber:
 
     async def unsubscribe(self, channel: str) -> None:
         async with self._lock:
-            if channel not in self._channels or self._backend._has_waiters(channel):
+            if channel not in self.channels or self._backend._has_waiters(channel):
                 return
-            self._channels.discard(channel)
+            self.channels.discard(channel)
             if self._sharded:
                 await self._pubsub.sunsubscribe(channel)
             else:
@@ -224,6 +370,9 @@ class _Subscriber:
 class RedisThreadLock(BaseThreadLock):
     """The Redis backend. See the module docstring for how it works.
 
+    It is also a :class:`threadlock.RunRegistry` and a :class:`threadlock.ChainStore`, so the
+    OpenAI guards and :func:`threadlock.openai.recover_orphaned_runs` work across processes.
+
     Args:
         client: a redis-py asyncio client: :class:`redis.asyncio.Redis` (also Sentinel's
             ``master_for(...)``) or :class:`redis.asyncio.cluster.RedisCluster`. The backend
@@ -234,6 +383,11 @@ class RedisThreadLock(BaseThreadLock):
         grace: seconds after which a waiter whose process died is skipped.
         release_timeout: the bound on the release at the end of ``hold()``.
         sharded_pubsub: use ``SSUBSCRIBE``/``SPUBLISH`` (Redis 7+). Default: on Cluster only.
+        registry_ttl: seconds a lock's run registry is kept after its last ``track_run``
+            (and the most an entry is kept after it was first recorded, if the key goes on
+            being used); at least 600 (an OpenAI run's life).
+        chain_ttl: seconds a chain head is kept after its last ``advance_chain``.
+        observer: where this lock reports what it does (see :mod:`threadlock.observe`).
     """
 
     def __init__(
@@ -245,9 +399,14 @@ class RedisThreadLock(BaseThreadLock):
         grace: float = DEFAULT_GRACE,
         release_timeout: float = 5.0,
         sharded_pubsub: bool | None = None,
+        registry_ttl: float = DEFAULT_REGISTRY_TTL,
+        chain_ttl: float = DEFAULT_CHAIN_TTL,
+        observer: Observer | None = None,
         _owns_client: bool = False,
     ) -> None:
-        super().__init__(owner=owner, grace=grace, release_timeout=release_timeout)
+        super().__init__(
+            owner=owner, grace=grace, release_timeout=release_timeout, observer=observer
+        )
         if not isinstance(client, (aioredis.Redis, RedisCluster)):
             raise TypeError(
                 "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster, "
@@ -257,17 +416,46 @@ class RedisThreadLock(BaseThreadLock):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if not prefix or any(c in prefix for c in "{}\x00"):
             raise ValueError(f"prefix must be non-empty, without '{{', '}}' or NUL: {prefix!r}")
+        registry_s = check_positive(registry_ttl, "registry_ttl")
+        if registry_s < _MIN_REGISTRY_TTL:
+            raise ValueError(
+                f"registry_ttl must be at least {_MIN_REGISTRY_TTL:g} s (an OpenAI run lives "
+                f"up to 10 minutes), got {registry_ttl!r}"
+            )
+        self._registry_ttl_ms = _ttl_ms(registry_s)
+        self._chain_ttl_ms = _ttl_ms(check_positive(chain_ttl, "chain_ttl"))
         self._client = client
         self._prefix = prefix
         self._cluster = isinstance(client, RedisCluster)
         self._sharded = self._cluster if sharded_pubsub is None else bool(sharded_pubsub)
+        self._pub = b"s" if self._sharded else b"p"
+        self._modes = {mode: self._pub + letter for mode, letter in _MODES.items()}
         self._owns_client = _owns_client
+        #: redis-py script objects (for pipelines); the backend itself calls EVALSHA directly.
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(text) for name, text in _SCRIPT_TEXT.items()
         }
+        self._shas = {name: script.sha for name, script in self._scripts.items()}
+        self._names_cache: dict[str, _Names] = {}
+        self._random = b""
+        self._random_at = 0
+        self._instance = secrets.token_hex(6)  # names this instance's acquires (tombstones)
+        self._attempts = 0
+        #: On a plain server (pub/sub not sharded) every waiter of this instance is notified
+        #: on one channel, subscribed once; sharded pub/sub (Cluster) needs the key's own.
+        self._per_instance = not self._sharded and not self._cluster
+        self._inbox = self._inbox_name()
+        _INSTANCES.add(self)
         self._waiting: dict[str, dict[str, _Waiter]] = {}
         self._subscribers: dict[str, _Subscriber] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # claims and unsubscriptions
+        self._idle: dict[str, float] = {}  # channel -> when its last local waiter left
+        self._entering: dict[str, list[asyncio.Event]] = {}  # key -> acquires in line
+        #: waiter id -> (grant, when): grants that arrived before their waiter registered
+        self._early: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._janitor: asyncio.TimerHandle | None = None
         self._heartbeat = self._grace / 3
+        self._grace_ms = str(_ttl_ms(self._grace)).encode()
         # redis-py's RedisCluster races when its first commands run concurrently before it
         # has loaded the slot map; initialise it once, first (Cluster only).
         self._initialized = not self._cluster
@@ -285,14 +473,24 @@ class RedisThreadLock(BaseThreadLock):
         ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]``.
 
         The backend options (``prefix``, ``owner``, ``grace``, ``release_timeout``,
-        ``sharded_pubsub``) may be given as keywords; ``prefix`` also as the query parameter
-        ``threadlock_prefix``. Every other keyword goes to the redis-py client.
+        ``sharded_pubsub``, ``registry_ttl``, ``chain_ttl``, ``observer``) may be given as
+        keywords; ``prefix`` also as the query parameter ``threadlock_prefix``. Every other
+        keyword goes to the redis-py client.
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         backend_options: dict[str, Any] = {
             name: options.pop(name)
-            for name in ("prefix", "owner", "grace", "release_timeout", "sharded_pubsub")
+            for name in (
+                "prefix",
+                "owner",
+                "grace",
+                "release_timeout",
+                "sharded_pubsub",
+                "registry_ttl",
+                "chain_ttl",
+                "observer",
+            )
             if name in options
         }
         parts = urlsplit(url)
@@ -327,27 +525,86 @@ class RedisThreadLock(BaseThreadLock):
         """The prefix of every Redis key this backend writes."""
         return self._prefix
 
+    @property
+    def registry_ttl(self) -> float:
+        """Seconds a lock's run registry is kept after its last ``track_run``."""
+        return self._registry_ttl_ms / 1000
+
+    @property
+    def chain_ttl(self) -> float:
+        """Seconds a chain head is kept after its last ``advance_chain``."""
+        return self._chain_ttl_ms / 1000
+
     # -- internals -------------------------------------------------------------------------------
 
+    def _token(self) -> str:
+        """A lease token: 128 random bits, from a buffer refilled 4 KiB at a time (one
+        ``getrandom`` call per 256 tokens instead of one per token). The buffer is this
+        instance's (an instance serves one event loop) and is dropped in a forked child."""
+        at = self._random_at
+        if at >= len(self._random):
+            self._random = os.urandom(4096)
+            at = 0
+        self._random_at = at + 16
+        return self._random[at : at + 16].hex()
+
+    def _after_fork(self) -> None:
+        self._random = b""
+        self._random_at = 0
+        self._instance = secrets.token_hex(6)
+        self._attempts = 0
+        self._inbox = self._inbox_name()
+
+    def _inbox_name(self) -> str:
+        return f"{self._prefix}:inbox:{self._instance}" if self._per_instance else ""
+
+    def _wait_channel(self, names: _Names) -> str:
+        """Where a waiter of this instance is notified: the inbox, or the key's channel."""
+        return self._inbox or names.channel
+
+    def _names(self, key: str) -> _Names:
+        names = self._names_cache.get(key)
+        if names is None:
+            if len(self._names_cache) >= _NAMES_CACHED:
+                self._names_cache.clear()
+            names = self._names_cache[key] = _Names(f"{self._prefix}:{{{_digest(key)}}}", key)
+        return names
+
     def _keys(self, key: str) -> list[str]:
-        base = f"{self._prefix}:{{{_digest(key)}}}"
-        return [f"{base}:lease", f"{base}:fence", f"{base}:queue", f"{base}:beat", f"{base}:meta"]
+        """The five lock keys of ``key`` (lease, fence, queue, beat, meta)."""
+        return [name.decode() for name in self._names(key).lock]
 
     def _channel(self, key: str) -> str:
-        return f"{self._prefix}:{{{_digest(key)}}}:wake"
+        return self._names(key).channel
 
-    def _pub_mode(self) -> str:
-        return "s" if self._sharded else "p"
+    async def _eval(self, name: str, keys: list[bytes], *args: bytes | str | int) -> Any:
+        """One script, one round trip: ``EVALSHA`` straight through the client.
 
-    async def _call(self, name: str, keys: list[str], channel: str, *args: str | int) -> Any:
-        """Run one script, shielded (its outcome is always known), errors as BackendError."""
-
-        async def run() -> Any:
+        On NOSCRIPT (``SCRIPT FLUSH``, a restart, a failover) the script is loaded and run
+        again. Errors come out as BackendError. Not shielded: see :meth:`_run`.
+        """
+        client = self._client
+        try:
             if not self._initialized:
                 await self._initialize()
-            return await self._scripts[name](keys, [channel, self._pub_mode(), *args])
+            try:
+                return await client.execute_command(
+                    "EVALSHA", self._shas[name], _NUMKEYS[len(keys)], *keys, *args
+                )
+            except redis.exceptions.NoScriptError:
+                await client.script_load(_SCRIPT_TEXT[name])
+                return await client.execute_command(
+                    "EVALSHA", self._shas[name], _NUMKEYS[len(keys)], *keys, *args
+                )
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
 
-        return await self._guard(run, shield=True)
+    async def _run(self, name: str, keys: list[bytes], *args: bytes | str | int) -> Any:
+        """:meth:`_eval`, shielded: its outcome is always known (a command cancelled in flight
+        may still reach Redis after whatever the caller does next). ``acquire`` and
+        ``release`` do without it (see there); the other operations are not hot."""
+        with anyio.CancelScope(shield=True):
+            return await self._eval(name, keys, *args)
 
     async def _initialize(self) -> None:
         async with self._init_lock:
@@ -359,13 +616,16 @@ class RedisThreadLock(BaseThreadLock):
     async def _guard(self, run: Callable[[], Awaitable[_T]], *, shield: bool = False) -> _T:
         try:
             with anyio.CancelScope(shield=shield):
+                if not self._initialized:
+                    await self._initialize()
                 result = await run()
         except (redis.exceptions.RedisError, OSError) as exc:
             raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
         return result
 
     def _info(self, reply: Sequence[Any], key: str | None = None) -> LockInfo:
-        # reply: [key?, fence, owner, acquired µs, expires µs, waiters]
+        # reply: [key?, fence, owner, acquired µs, expires µs, waiters, newest run id or None]
+        run_id = reply[6] if len(reply) > 6 else None
         return LockInfo(
             key=_text(reply[0]) if key is None else key,
             fence=int(reply[1]),
@@ -373,11 +633,11 @@ class RedisThreadLock(BaseThreadLock):
             acquired_at=int(reply[3]) / 1e6,
             expires_at=int(reply[4]) / 1e6,
             waiters=int(reply[5]),
-            run_id=None,
+            run_id=None if run_id is None else _text(run_id),
         )
 
     def _busy(self, key: str, reply: Sequence[Any]) -> ThreadBusy:
-        # reply: [0, µs left, fence, owner, acquired µs, expires µs, waiters]
+        # reply: [0, µs left, fence, owner, acquired µs, expires µs, waiters, newest run id]
         left = max(int(reply[1]) / 1e6, _MIN_RETRY_AFTER)
         return ThreadBusy(key, left, self._info(reply[1:], key))
 
@@ -387,27 +647,39 @@ class RedisThreadLock(BaseThreadLock):
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = _text(message.get("type"))
         channel = _text(message.get("channel"))
-        waiters = self._waiting.get(channel)
-        if not waiters:
-            return
+        waiters = self._waiting.get(channel) or {}
         if kind in ("message", "smessage"):
-            waiter = waiters.get(_text(message.get("data")))
+            # "<waiter id> <fence> <acquired µs> <expires µs>": the grant itself
+            parts = _text(message.get("data")).split(" ")
+            grant = None
+            if len(parts) == 4:
+                with contextlib.suppress(ValueError):
+                    grant = (int(parts[1]), int(parts[2]), int(parts[3]))
+            waiter = waiters.get(parts[0])
             if waiter is not None:
-                waiter.wake()
+                waiter.wake(grant)
+            elif grant is not None:
+                # Perhaps for a local acquire whose first attempt queued it, answered after
+                # this (another connection): it looks here when it registers. Otherwise a
+                # waiter of another process; kept a while, bounded.
+                if len(self._early) >= _EARLY_KEPT:
+                    del self._early[next(iter(self._early))]
+                self._early[parts[0]] = (grant, time.monotonic())
         elif kind in ("subscribe", "ssubscribe"):
             # A (re)subscription: whatever was published before it was missed; re-check.
             for waiter in waiters.values():
                 waiter.wake()
 
+    def _subscriber_name(self, channel: str) -> str:
+        if not isinstance(self._client, RedisCluster):
+            return ""
+        node = self._client.get_node_from_key(channel)
+        if node is None:
+            raise BackendError(f"redis cluster: no node serves the channel {channel!r}")
+        return str(node.name)
+
     def _subscriber(self, channel: str) -> _Subscriber:
-        if not self._cluster:
-            name = ""
-        else:
-            assert isinstance(self._client, RedisCluster)
-            node = self._client.get_node_from_key(channel)
-            if node is None:
-                raise BackendError(f"redis cluster: no node serves the channel {channel!r}")
-            name = node.name
+        name = self._subscriber_name(channel)
         subscriber = self._subscribers.get(name)
         if subscriber is None:
             if isinstance(self._client, RedisCluster):
@@ -422,7 +694,12 @@ class RedisThreadLock(BaseThreadLock):
             subscriber = self._subscribers[name] = _Subscriber(self, pubsub, self._sharded)
         return subscriber
 
+    def _subscribed(self, channel: str) -> bool:
+        return any(channel in s.channels for s in self._subscribers.values())
+
     async def _watch(self, channel: str) -> None:
+        if self._inbox == channel and self._subscribed(channel):
+            return
         try:
             with anyio.fail_after(self._release_timeout, shield=True):
                 await self._guard(lambda: self._subscriber(channel).subscribe(channel))
@@ -434,24 +711,61 @@ class RedisThreadLock(BaseThreadLock):
                 extra={"event": "redis.subscribe_failed"},
             )
 
-    async def _unwatch(self, channel: str, waiter: _Waiter) -> None:
+    def _unwatch(self, channel: str, waiter: _Waiter) -> None:
+        """The waiter leaves; a channel left without local waiters is unsubscribed later.
+
+        Not on the way out of ``acquire`` (that is the hand-off's critical path): a channel
+        stays subscribed for :data:`_LINGER` seconds after its last local waiter left, so the
+        next waiter on a busy key needs no SUBSCRIBE either, then one background task
+        unsubscribes every channel that is still idle.
+        """
         waiters = self._waiting.get(channel)
         if waiters is not None:
             waiters.pop(waiter.id, None)
             if not waiters:
                 del self._waiting[channel]
-        if channel in self._waiting or self._closed:
+        if (
+            channel in self._waiting
+            or channel == self._inbox  # subscribed for the life of the instance
+            or self._closed
+            or not self._subscribed(channel)
+        ):
             return
-        with anyio.move_on_after(self._release_timeout, shield=True):
-            try:
-                await self._subscriber(channel).unsubscribe(channel)
-            except Exception:
-                logger.debug("unsubscribe from %r failed", channel, exc_info=True)
+        loop = asyncio.get_running_loop()
+        self._idle[channel] = loop.time()
+        if self._janitor is None:
+            self._janitor = loop.call_later(_LINGER, self._sweep_idle, loop)
+
+    def _sweep_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._janitor = None
+        if self._closed:
+            return
+        now = loop.time()
+        due = [c for c, at in self._idle.items() if now - at >= _LINGER * 0.9]
+        for channel in due:
+            del self._idle[channel]
+        due = [c for c in due if c not in self._waiting]
+        if due:
+            self._background(loop, self._unsubscribe(due))
+        if self._idle:
+            self._janitor = loop.call_later(_LINGER, self._sweep_idle, loop)
+
+    async def _unsubscribe(self, channels: list[str]) -> None:
+        for channel in channels:
+            with anyio.move_on_after(self._release_timeout, shield=True):
+                try:
+                    await self._subscriber(channel).unsubscribe(channel)
+                except Exception:
+                    logger.debug("unsubscribe from %r failed", channel, exc_info=True)
+
+    def _background(self, loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, None]) -> None:
+        task = loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _lease(key: str, token: str, ttl: float, grant: Sequence[Any]) -> Lease:
-        fence, acquired, expires = (int(value) for value in grant)
-        return Lease(key, token, fence, ttl, acquired / 1e6, expires / 1e6)
+        return Lease(key, token, int(grant[0]), ttl, int(grant[1]) / 1e6, int(grant[2]) / 1e6)
 
     def _check_waiting(self) -> None:
         if self._closed:
@@ -460,123 +774,345 @@ class RedisThreadLock(BaseThreadLock):
     # -- primitives ------------------------------------------------------------------------------
 
     async def _acquire(self, key: str, ttl: float, timeout: float | None) -> Lease:
-        keys = self._keys(key)
-        channel = self._channel(key)
-        token = secrets.token_hex(16)
-        waiter = _Waiter(_waiter_id(token))
-        owner = self._task_owner()
-        fixed = (token, _ttl_ms(ttl), owner, key)
-        grace_ms = _ttl_ms(self._grace)
+        names = self._names(key)
+        token = self._token()
+        self._attempts += 1
+        keys = names.acquire_keys(f"{self._instance}{self._attempts:x}")
+        # ARGV 2-7 of acquire.lua; ARGV 1 (pub letter + mode letter) is set per attempt.
+        argv = (token, _ttl_ms(ttl), self._task_owner(), names.key, self._grace_ms, self._inbox)
 
-        # Cancellation is delivered before the first attempt; after it, the outcome of every
-        # round trip is known, and any way out but success gives the key on (abandon).
+        # Cancellation is delivered before the first attempt. After it, any way out but
+        # success runs the shielded ``abandon``: it passes the key on if it was granted to
+        # us, else takes us out of the queue, and it writes this acquire's tombstone, so an
+        # attempt cancelled in flight whose bytes reach Redis only afterwards changes
+        # nothing. That is what lets the attempts themselves run unshielded (a shielded
+        # round trip costs as much CPU as all the rest of an uncontended acquire).
         await anyio.lowlevel.checkpoint_if_cancelled()
+        started = time.monotonic()
+        await self._enter(key)
+        try:
+            mode = self._modes["try" if timeout == 0 else "wait"]
+            reply = await self._eval("acquire", keys, mode, *argv)
+        except BackendError:
+            raise
+        except BaseException:
+            await self._abandon(keys, key, token)
+            raise
+        finally:
+            self._pass_on(key)
+        if reply[0] == 1:  # the uncontended path ends here: one round trip, nothing else
+            return self._lease(key, token, ttl, reply[1:4])
+        _check_not_abandoned(reply)
         if timeout == 0:
-            reply = await self._call("acquire", keys, channel, *fixed, "try", grace_ms)
-            if reply[0] == 1:
-                return self._lease(key, token, ttl, reply[1:4])
             raise self._busy(key, reply)
+        deadline = None if timeout is None else started + timeout
+        return await self._wait(names, keys, key, token, ttl, deadline, argv, reply)
 
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        self._waiting.setdefault(channel, {})[waiter.id] = waiter
+    async def _wait(
+        self,
+        names: _Names,
+        keys: list[bytes],
+        key: str,
+        token: str,
+        ttl: float,
+        deadline: float | None,
+        argv: tuple[Any, ...],
+        reply: Any,
+    ) -> Lease:
+        """The first attempt queued us: wait for the grant (notified), re-checking now and then."""
+        beat_at = time.monotonic()
+        channel = self._wait_channel(names)
+        waiter = _Waiter(_waiter_id(token))
+        waiters = self._waiting.get(channel)
+        if waiters is None:
+            waiters = self._waiting[channel] = {}
+            self._idle.pop(channel, None)
+        waiters[waiter.id] = waiter
+        early = self._early.pop(waiter.id, None)
+        if early is not None:  # granted before we got here (see _dispatch)
+            waiter.wake(*early)
         subscribed = False
         queued = True  # whether Redis may hold a queue entry (or a fresh grant) for us
         try:
-            mode = "wait"
             while True:
-                waiter.event = anyio.Event()
-                reply = await self._call("acquire", keys, channel, *fixed, mode, grace_ms)
-                beat_at = anyio.current_time()
-                if reply[0] == 1:
-                    return self._lease(key, token, ttl, reply[1:4])
-                if mode == "last":  # the script has taken us out of the queue
-                    queued = False
-                    break
                 if not subscribed:
                     subscribed = True
                     await self._watch(channel)
-                # Sleep until notified, or until the holder expires, the next heartbeat is
-                # due or the timeout runs out, whichever comes first.
+                # Sleep until notified, or until the holder's lease ends, the next heartbeat
+                # is due or the timeout runs out, whichever comes first.
                 wake_at = beat_at + min(int(reply[1]) / 1e6, self._heartbeat)
                 if deadline is not None:
                     wake_at = min(wake_at, deadline)
                 self._check_waiting()
-                with anyio.move_on_after(max(0.0, wake_at - anyio.current_time())):
-                    await waiter.event.wait()
+                await waiter.sleep(wake_at - time.monotonic())
                 self._check_waiting()
-                if deadline is not None and anyio.current_time() >= deadline:
-                    mode = "last"
+                # A notification only wakes us: the grant is checked (token) and claimed by
+                # the next acquire attempt, so a forged message cannot hand out a lease.
+                last = deadline is not None and time.monotonic() >= deadline
+                waiter.woken = False  # a wake during the next attempt is kept
+                waiter.grant = None
+                mode = self._modes["last" if last else "wait"]
+                reply = await self._eval("acquire", keys, mode, *argv)
+                beat_at = time.monotonic()
+                if reply[0] == 1:
+                    return self._lease(key, token, ttl, reply[1:4])
+                _check_not_abandoned(reply)
+                if last:  # the script has taken us out of the queue
+                    queued = False
+                    break
         except BaseException:
-            if not queued:
-                raise
-            with anyio.move_on_after(self._release_timeout, shield=True):
-                try:
-                    await self._call("abandon", keys, channel, token)
-                except BackendError:
-                    logger.warning(
-                        "threadlock could not leave the queue of %r; its entry expires "
-                        "within the grace",
-                        key,
-                        exc_info=True,
-                        extra={"event": "redis.abandon_failed", "key": key},
-                    )
+            if queued:
+                await self._abandon(keys, key, token)
             raise
         finally:
-            await self._unwatch(channel, waiter)
+            self._unwatch(channel, waiter)
         raise self._busy(key, reply)
 
+    async def _abandon(self, keys: list[bytes], key: str, token: str) -> None:
+        """Shielded and bounded: leave the queue, or pass on a key granted meanwhile; and
+        leave the acquire's tombstone (``keys`` are its acquire keys)."""
+        with anyio.move_on_after(self._release_timeout, shield=True):
+            try:
+                await self._eval("abandon", keys, self._pub, token)
+            except BackendError:
+                logger.warning(
+                    "threadlock could not leave the queue of %r; its entry expires within "
+                    "the grace",
+                    key,
+                    exc_info=True,
+                    extra={"event": "redis.abandon_failed", "key": key},
+                )
+
+    async def _enter(self, key: str) -> None:
+        """Wait until the first attempts of earlier local acquires of ``key`` are answered.
+
+        Redis serves waiters in the order their first attempts arrive; without this, two
+        tasks of one process calling ``acquire`` one after the other could reach Redis in
+        the other order (a fresh pooled connection, for one). With it, callers of one
+        process are served in the order they called. Free when no other local acquire of
+        the key is between its call and its first answer (the usual case): one dict entry.
+        """
+        line = self._entering.get(key)
+        if line is None:
+            self._entering[key] = []
+            return
+        turn = asyncio.Event()
+        line.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # our turn came as we were cancelled: pass it on
+                self._pass_on(key)
+            else:
+                line.remove(turn)
+            raise
+
+    def _pass_on(self, key: str) -> None:
+        line = self._entering.get(key)
+        if line:
+            line.pop(0).set()
+        else:
+            self._entering.pop(key, None)
+
     async def _release(self, lease: Lease) -> bool:
-        reply = await self._call(
-            "release", self._keys(lease.key), self._channel(lease.key), lease.token
-        )
-        return int(reply) == 1
+        names = self._names(lease.key)
+        keys = names.lock
+        try:
+            reply = await self._eval("release", keys, self._pub, lease.token)
+        except BackendError:
+            raise
+        except BaseException:
+            # Cancelled in flight: release again, shielded and bounded, so the lease is
+            # released whatever became of the first try (should that one reach Redis later,
+            # it finds the lease gone and changes nothing); then go on being cancelled.
+            with anyio.move_on_after(self._release_timeout, shield=True):
+                with contextlib.suppress(BackendError):
+                    await self._eval("release", keys, self._pub, lease.token)
+            raise
+        if isinstance(reply, bytes | str):  # handed to that waiter
+            waiter = self._waiting.get(self._wait_channel(names), {}).get(_text(reply))
+            if waiter is not None:
+                await self._let_waiter_run(waiter)
+            return True
+        return int(reply) != 0
+
+    async def _let_waiter_run(self, waiter: _Waiter) -> None:
+        """The key went to a waiter of this process: let it run before this task goes on.
+
+        Its grant notification arrives with (or just after) the release's reply; a few turns
+        of the event loop let the subscriber read it and the woken waiter return its lease
+        before this task goes on (say, to queue for the key again), which is what the
+        hand-off latency measures. No cancellation is delivered here: the release is done.
+        """
+        for _ in range(3):
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            if waiter.grant is not None:
+                await anyio.lowlevel.cancel_shielded_checkpoint()  # behind the woken one
+                return
 
     async def _extend(self, lease: Lease, ttl: float) -> Lease:
-        reply = await self._call(
-            "extend",
-            self._keys(lease.key),
-            self._channel(lease.key),
-            lease.token,
-            _ttl_ms(ttl),
+        reply = await self._run(
+            "extend", self._names(lease.key).lock, self._pub, lease.token, _ttl_ms(ttl)
         )
         if not isinstance(reply, list):
             raise LeaseLost(lease.key, lease.fence, "expired or taken before extend")
         return self._lease(lease.key, lease.token, ttl, reply)
 
     async def _inspect(self, key: str) -> LockInfo | None:
-        reply = await self._call("inspect", self._keys(key), self._channel(key))
+        reply = await self._run("inspect", self._names(key).with_runs, self._pub)
         if not isinstance(reply, list):
             return None
         return self._info(reply, key)
 
-    async def _held(self) -> list[LockInfo]:
-        pattern = "".join("\\" + c if c in _GLOB_SPECIALS else c for c in self._prefix)
-        tags: set[str] = set()
+    def _scan_pattern(self, suffix: str) -> str:
+        prefix = "".join("\\" + c if c in _GLOB_SPECIALS else c for c in self._prefix)
+        return f"{prefix}:{{*}}:{suffix}"
+
+    async def _scan(self, pattern: str) -> list[str]:
+        found: list[str] = []
 
         async def scan() -> None:
-            if not self._initialized:
-                await self._initialize()
-            async for name in self._client.scan_iter(match=f"{pattern}:{{*}}:*", count=1000):
-                text = _text(name)
-                if text.endswith((":lease", ":queue")):
-                    tags.add(text.rpartition(":")[0])
+            async for name in self._client.scan_iter(match=pattern, count=1000):
+                found.append(_text(name))
 
         await self._guard(scan)
+        return found
+
+    async def _held(self) -> list[LockInfo]:
+        tags = {
+            name.rpartition(":")[0]
+            for name in await self._scan(self._scan_pattern("*"))
+            if name.endswith((":lease", ":queue"))
+        }
         infos: list[LockInfo] = []
-        limiter = anyio.CapacityLimiter(_HELD_CONCURRENCY)
 
         async def one(base: str) -> None:
-            async with limiter:
-                keys = [f"{base}:{part}" for part in ("lease", "fence", "queue", "beat", "meta")]
-                reply = await self._call("inspect", keys, f"{base}:wake")
-                if isinstance(reply, list):
-                    infos.append(self._info(reply))
+            reply = await self._run("inspect", _Names(base).with_runs, self._pub)
+            if isinstance(reply, list):
+                infos.append(self._info(reply))
 
-        async with anyio.create_task_group() as tg:
-            for base in sorted(tags):
-                tg.start_soon(one, base)
+        await _each(sorted(tags), one)
         infos.sort(key=lambda info: info.key)
         return infos
+
+    # -- run registry and chain heads (RunRegistry, ChainStore) ----------------------------------
+
+    async def track_run(self, record: RunRecord) -> None:
+        """Record a run or background response; see :class:`threadlock.RunRegistry`.
+
+        One ``EVALSHA``: the entry is in Redis (with the registry TTL) when this returns, so
+        it survives a crash of this process. Recording the same ``key`` and ``run_id`` again
+        replaces the entry and keeps its place.
+        """
+        if not isinstance(record, RunRecord):
+            raise TypeError(f"record must be a RunRecord, not {type(record).__name__}")
+        check_key(record.key, "record.key")
+        check_key(record.run_id, "record.run_id")
+        self._check_open()
+        document = json.dumps(
+            [
+                record.key,
+                record.kind,
+                record.run_id,
+                record.thread_id,
+                record.created_at,
+                record.fence,
+                record.owner,
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        names = self._names(record.key)
+        await self._run(
+            "track", [names.with_runs[5]], record.run_id, document, self._registry_ttl_ms
+        )
+
+    async def untrack_run(self, key: str, run_id: str) -> None:
+        """Forget a run; see :class:`threadlock.RunRegistry`. A missing entry is no error."""
+        check_key(key)
+        check_key(run_id, "run_id")
+        self._check_open()
+        runs = self._names(key).runs
+        await self._guard(lambda: self._client.hdel(runs, run_id), shield=True)
+
+    async def tracked_runs(self, key: str | None = None) -> list[RunRecord]:
+        """The recorded runs of ``key`` in the order recorded, or of every key (all masters
+        of a Cluster) by ``created_at``, oldest first."""
+        if key is not None:
+            check_key(key)
+        self._check_open()
+        if key is not None:
+            return [record for _, record in await self._read_runs(self._names(key).runs)]
+        found: list[tuple[int, RunRecord]] = []
+
+        async def one(name: str) -> None:
+            found.extend(await self._read_runs(name))
+
+        await _each(sorted(set(await self._scan(self._scan_pattern("runs")))), one)
+        found.sort(key=lambda pair: (pair[1].created_at, pair[0]))
+        return [record for _, record in found]
+
+    async def _read_runs(self, name: str) -> list[tuple[int, RunRecord]]:
+        """The entries of one runs hash as (order, record), in order."""
+        raw: dict[Any, Any] = await self._guard(lambda: self._client.hgetall(name))
+        entries = []
+        for field, value in raw.items():
+            try:
+                order, _, document = _text(value).partition(" ")
+                key, kind, run_id, thread_id, created_at, fence, owner = json.loads(document)
+                run_kind: RunKind = "response" if kind == "response" else "run"
+                record = RunRecord(
+                    str(key),
+                    run_kind,
+                    str(run_id),
+                    str(thread_id),
+                    float(created_at),
+                    int(fence),
+                    str(owner),
+                )
+                entries.append((int(order), record))
+            except (ValueError, TypeError):
+                logger.warning(
+                    "threadlock skipped an unreadable run registry entry %r in %r",
+                    _text(field),
+                    name,
+                    extra={"event": "redis.registry_unreadable"},
+                )
+        entries.sort(key=lambda pair: pair[0])
+        return entries
+
+    async def chain_head(self, key: str) -> str | None:
+        """The last response id of chain ``key``; see :class:`threadlock.ChainStore`."""
+        check_key(key)
+        self._check_open()
+        chain = self._names(key).chain
+        head = await self._guard(lambda: self._client.get(chain))
+        return None if head is None else _text(head)
+
+    async def advance_chain(self, lease: Lease, expected: str | None, new: str) -> bool:
+        """Compare-and-set the chain head while ``lease`` is held; one ``EVALSHA``.
+
+        The script checks the lease's token (and that it is live, by the server clock) and
+        that the head is ``expected`` (``None``: no head yet), then sets ``new`` with the
+        chain TTL.
+        """
+        if not isinstance(lease, Lease):
+            raise TypeError(f"lease must be a threadlock.Lease, not {type(lease).__name__}")
+        check_key(new, "new")
+        if expected is not None and not isinstance(expected, str):
+            raise TypeError(f"expected must be a str or None, not {type(expected).__name__}")
+        self._check_open()
+        reply = await self._run(
+            "advance",
+            self._names(lease.key).full,
+            self._pub,
+            lease.token,
+            "0" if expected is None else "1",
+            "" if expected is None else expected,
+            new,
+            self._chain_ttl_ms,
+        )
+        return int(reply) == 1
 
     async def _aclose(self) -> None:
         for waiters in self._waiting.values():
@@ -584,7 +1120,14 @@ class RedisThreadLock(BaseThreadLock):
                 waiter.wake()
         subscribers = list(self._subscribers.values())
         self._subscribers.clear()
+        if self._janitor is not None:
+            self._janitor.cancel()
+            self._janitor = None
         with anyio.CancelScope(shield=True):
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # confirmations just scheduled
+            if self._tasks:  # let hand-off confirmations in flight land
+                with anyio.move_on_after(self._release_timeout):
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
             for subscriber in subscribers:
                 await subscriber.aclose()
                 pool = subscriber._pubsub.connection_pool
@@ -595,6 +1138,35 @@ class RedisThreadLock(BaseThreadLock):
                     await self._client.aclose()
                 except Exception:  # pragma: no cover - best effort at shutdown
                     logger.debug("closing the redis client failed", exc_info=True)
+
+
+def _check_not_abandoned(reply: Sequence[Any]) -> None:
+    if reply[0] == 2:  # pragma: no cover - only an attempt whose caller is gone sees it
+        raise BackendError("redis: this acquire was abandoned (tombstone) already")
+
+
+async def _each(items: Sequence[str], work: Callable[[str], Awaitable[None]]) -> None:
+    """``work(item)`` for every item, at most :data:`_HELD_CONCURRENCY` at once.
+
+    The first :class:`BackendError` comes out as itself, not inside an ``ExceptionGroup``.
+    """
+    limiter = anyio.CapacityLimiter(_HELD_CONCURRENCY)
+    errors: list[BackendError] = []
+
+    async def one(item: str) -> None:
+        async with limiter:
+            if errors:
+                return
+            try:
+                await work(item)
+            except BackendError as error:
+                errors.append(error)
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(one, item)
+    if errors:
+        raise errors[0]
 
 
 def _sentinel_client(parts: Any, tls: bool, options: dict[str, Any]) -> aioredis.Redis:

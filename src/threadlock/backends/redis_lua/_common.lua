@@ -1,34 +1,62 @@
--- threadlock: shared helpers, prepended to every script of this directory by redis.py.
---
--- KEYS (every script, all in one hash slot through the tag {<digest of the key>}):
---   1 lease  hash  k=user key, t=sha1(token), f=fence, o=owner, a=acquired µs, e=expires µs,
---                  ttl=ms, c=1 once claimed (see grant_next); PEXPIREAT = e
---   2 fence  string, the last fence handed out; expires FENCE_KEEP_MS after the lease would
---   3 queue  zset   waiter id -> arrival order (FIFO)
---   4 beat   zset   waiter id -> heartbeat deadline µs (a waiter past it is dead: skipped)
---   5 meta   hash   waiter id -> "<ttl ms> <grace ms> <owner>", and field "k" -> the user key
--- ARGV (every script): 1 notification channel, 2 "s" for SPUBLISH (Cluster) else PUBLISH
--- A waiter id is sha1(token): the token itself never rests in Redis.
--- Numbers above 1e14 are never concatenated with `..` (Lua 5.1 prints them as %.14g).
+-- threadlock: shared helpers, inserted by redis.py where a script says `-- @common` (after
+-- its fast path, if it has one). The locals of _head.lua are in scope.
 
-local K_LEASE, K_FENCE, K_QUEUE, K_BEAT, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local CHANNEL, SHARDED = ARGV[1], ARGV[2] == 's'
--- After a key's last use its last fence is kept this long; once it is gone the server clock
--- alone (in µs) is already this far past it, so fences keep increasing even across a
--- restart that lost everything, unless the clock went back by more than this.
-local FENCE_KEEP_MS = 3600000
+if not NOW then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The wake-up channel of this lock (not a key): the lease key with 'lease' -> 'wake'.
+local CHANNEL = string.sub(K_LEASE, 1, -6) .. 'wake'
 
 local function fmt(n)
   return string.format('%d', n)
 end
 
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- PXAT for an end in µs: the key outlives it by less than a millisecond.
+local function pxat(at_us)
+  return math.floor(at_us / 1000) + 1
 end
 
 local function expire_at(key, at_us)
-  redis.call('PEXPIREAT', key, math.floor(at_us / 1000) + 1)
+  redis.call('PEXPIREAT', key, pxat(at_us))
+end
+
+-- The next fence: max(last + 1, now), kept in K_FENCE for px ms. One call unless the clock
+-- has not moved past the last fence (same µs, or a clock step back).
+local function next_fence(now, px)
+  local old = redis.call('SET', K_FENCE, fmt(now), 'PX', px, 'GET')
+  if old and tonumber(old) >= now then
+    local fence = tonumber(old) + 1
+    redis.call('SET', K_FENCE, fmt(fence), 'PX', px)
+    return fence
+  end
+  return now
+end
+
+-- A lease, as a table: t, w ('1': someone may be queued), fence, acquired, expires,
+-- claim_by (0: claimed), owner, key.
+local function decode(value)
+  local t, w, f, a, e, u, n, rest = string.match(value,
+    '^(%x+) ([01]) (%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+  n = tonumber(n)
+  return {t = t, w = w, fence = tonumber(f), acquired = tonumber(a), expires = tonumber(e),
+    claim_by = tonumber(u), owner = string.sub(rest, 1, n), key = string.sub(rest, n + 1)}
+end
+
+-- When the lease ends unless something happens (its claim deadline, if unclaimed).
+local function ends_at(lease)
+  if lease.claim_by > 0 then
+    return math.min(lease.expires, lease.claim_by)
+  end
+  return lease.expires
+end
+
+-- Write the lease; its key expires when the lease ends.
+local function store(lease)
+  redis.call('SET', K_LEASE, lease.t .. ' ' .. lease.w .. ' ' .. fmt(lease.fence) .. ' '
+    .. fmt(lease.acquired) .. ' ' .. fmt(lease.expires) .. ' ' .. fmt(lease.claim_by) .. ' '
+    .. #lease.owner .. ' ' .. lease.owner .. lease.key, 'PXAT', pxat(ends_at(lease)))
 end
 
 -- Drop every waiter whose heartbeat deadline has passed.
@@ -54,77 +82,87 @@ local function queue_ttl()
   expire_at(K_META, at)
 end
 
+-- After entries left: an empty queue leaves no keys. (A shorter queue needs no new TTL: the
+-- one set when the latest deadline was written still covers every entry left.) Returns
+-- whether anyone is left.
+local function queue_cleanup()
+  if redis.call('ZCARD', K_QUEUE) == 0 then
+    redis.call('DEL', K_QUEUE, K_BEAT, K_META)
+    return false
+  end
+  return true
+end
+
 local function leave_queue(id)
   redis.call('ZREM', K_QUEUE, id)
   redis.call('ZREM', K_BEAT, id)
   redis.call('HDEL', K_META, id)
 end
 
--- A lease for waiter `id`. With `claim_ms`, it is a hand-off the waiter has not claimed yet:
--- it lives only min(ttl, claim_ms) until the waiter's task claims it (claim() below), so a
--- waiter that died just before the grant stalls the key for at most its grace, not its ttl.
-local function new_lease(now, id, ttl_ms, owner, key, claim_ms)
-  local last = tonumber(redis.call('GET', K_FENCE) or '0')
-  local fence = math.max(last + 1, now)
-  local claimed = '1'
-  local life_ms = ttl_ms
+-- A new lease for waiter `id`, living ttl_ms. With `claim_ms` it is a hand-off its waiter has
+-- not claimed yet: it also ends at now + claim_ms unless claimed by then (claim.lua, sent by
+-- the waiter's process right after it returned the lease), so a waiter that died just
+-- before the grant stalls the key for at most its grace, not its ttl.
+local function new_lease(now, id, ttl_ms, owner, key, claim_ms, queued)
+  local lease = {t = id, w = queued and '1' or '0', fence = next_fence(now, ttl_ms + FENCE_KEEP_MS),
+    acquired = now, expires = now + ttl_ms * 1000, claim_by = 0, owner = owner, key = key}
   if claim_ms then
-    claimed = '0'
-    life_ms = math.min(ttl_ms, claim_ms)
+    lease.claim_by = now + claim_ms * 1000
   end
-  local expires = now + life_ms * 1000
-  redis.call('HSET', K_LEASE, 'k', key, 't', id, 'f', fmt(fence), 'o', owner,
-    'a', fmt(now), 'e', fmt(expires), 'ttl', fmt(ttl_ms), 'c', claimed)
-  expire_at(K_LEASE, expires)
-  redis.call('SET', K_FENCE, fmt(fence), 'PX', fmt(ttl_ms + FENCE_KEEP_MS))
-  return fence, expires
+  store(lease)
+  return lease
 end
 
--- Wake the granted waiter: the message is its id (sha1 of its token).
-local function notify(id)
+-- Wake the granted waiter: "<id> <fence> <acquired µs> <expires µs>", so it can return its
+-- lease without another round trip. `inbox` is the waiter's instance channel ('' for the
+-- key's own channel; sharded pub/sub always uses the key's, which is in this slot).
+local function notify(lease, inbox)
+  local message = lease.t .. ' ' .. fmt(lease.fence) .. ' ' .. fmt(lease.acquired) .. ' '
+    .. fmt(lease.expires)
   if SHARDED then
-    redis.call('SPUBLISH', CHANNEL, id)
+    redis.call('SPUBLISH', CHANNEL, message)
+  elseif inbox ~= '' then
+    redis.call('PUBLISH', inbox, message)
   else
-    redis.call('PUBLISH', CHANNEL, id)
+    redis.call('PUBLISH', CHANNEL, message)
   end
 end
 
 -- The key is free: make the first live waiter the holder and notify it (direct hand-off).
--- Returns true if someone was granted.
+-- Returns the new lease, or nil if nobody waits.
 local function grant_next(now)
   purge(now)
   while true do
     local head = redis.call('ZRANGE', K_QUEUE, 0, 0)
     if #head == 0 then
       redis.call('DEL', K_QUEUE, K_BEAT, K_META)
-      return false
+      return nil
     end
     local id = head[1]
-    local meta = redis.call('HGET', K_META, id)
-    local key = redis.call('HGET', K_META, 'k')
+    local meta = redis.call('HMGET', K_META, id, 'k')
     leave_queue(id)
-    if meta and key then
-      local ttl_ms, grace_ms, owner = string.match(meta, '^(%d+) (%d+) (.*)$')
-      new_lease(now, id, tonumber(ttl_ms), owner, key, tonumber(grace_ms))
-      queue_ttl()
-      notify(id)
-      return true
+    if meta[1] and meta[2] then
+      local ttl_ms, grace_ms, n, rest = string.match(meta[1], '^(%d+) (%d+) (%d+) (.*)$')
+      n = tonumber(n)
+      local queued = queue_cleanup()
+      local lease = new_lease(now, id, tonumber(ttl_ms), string.sub(rest, n + 1), meta[2],
+        tonumber(grace_ms), queued)
+      notify(lease, string.sub(rest, 1, n))
+      return lease
     end
   end
 end
 
--- The live lease as {t, f, o, a, e, k, ttl, c}, or nil. An expired holder is retired first,
--- handing the key to the head waiter, so expiry is exact, by the server clock.
+-- The live lease (a table, see decode), or nil. A lease is live while its key exists (it
+-- expires when the lease ends, by the server clock); a free key with waiters is handed to
+-- the head waiter first, so expiry is exact.
 local function current(now)
-  local lease = redis.call('HMGET', K_LEASE, 't', 'f', 'o', 'a', 'e', 'k', 'ttl', 'c')
-  if lease[1] and tonumber(lease[5]) > now then
-    return lease
+  local value = redis.call('GET', K_LEASE)
+  if value then
+    return decode(value)
   end
-  if lease[1] then
-    redis.call('DEL', K_LEASE)
-  end
-  if redis.call('EXISTS', K_QUEUE) == 1 and grant_next(now) then
-    return redis.call('HMGET', K_LEASE, 't', 'f', 'o', 'a', 'e', 'k', 'ttl', 'c')
+  if redis.call('EXISTS', K_QUEUE) == 1 then
+    return grant_next(now)
   end
   return nil
 end
@@ -134,14 +172,29 @@ local function live_waiters(now)
   return redis.call('ZCARD', K_QUEUE)
 end
 
--- The waiter a key was handed to claims it: from now on it lives its full ttl.
-local function claim(now, lease)
-  if lease[8] == '1' then
-    return tonumber(lease[5])
+-- The waiter a key was handed to claims it: from now on it lives to its expiry (unchanged:
+-- the grant told the waiter already). Returns the expiry (µs).
+local function claim(lease)
+  if lease.claim_by > 0 then
+    lease.claim_by = 0
+    store(lease)
   end
-  local expires = now + tonumber(lease[7]) * 1000
-  redis.call('HSET', K_LEASE, 'e', fmt(expires), 'c', '1')
-  expire_at(K_LEASE, expires)
-  redis.call('PEXPIRE', K_FENCE, fmt(tonumber(lease[7]) + FENCE_KEEP_MS))
-  return expires
+  return lease.expires
+end
+
+-- The newest entry of the run registry (the run id), or false.
+local function newest_run()
+  if not K_RUNS then
+    return false
+  end
+  local entries = redis.call('HGETALL', K_RUNS)
+  local newest, best = false, -1
+  for i = 1, #entries, 2 do
+    local order = tonumber(string.match(entries[i + 1], '^(%d+) ') or '-1')
+    if order > best then
+      best = order
+      newest = entries[i]
+    end
+  end
+  return newest
 end

@@ -1,14 +1,22 @@
--- abandon: ARGV 3 token. A waiter gives up (timeout, cancellation): if the key was handed to
--- it meanwhile, release it to the next waiter; else leave the queue. Idempotent.
--- Returns 1 if it held the key, else 0.
-local now = now_us()
-local id = redis.sha1hex(ARGV[3])
-local lease = current(now)
-if lease and lease[1] == id then
+-- abandon: ARGV 2 token. KEYS 1-5, and 7 the tombstone of the acquire. A waiter gives up
+-- (timeout, cancellation): if the key was handed to it meanwhile, release it to the next
+-- waiter; else leave the queue. The tombstone makes any attempt of this acquire that
+-- arrives later change nothing. Idempotent. Returns 1 if it held the key, else 0.
+
+-- @common
+
+if K_GONE then
+  redis.call('SET', K_GONE, '1', 'PX', 60000)
+end
+local id = redis.sha1hex(ARGV[2])
+local lease = current(NOW)
+if lease and lease.t == id then
   redis.call('DEL', K_LEASE)
-  grant_next(now)
+  grant_next(NOW)
   return 1
 end
-leave_queue(id)
-queue_ttl()
+if redis.call('EXISTS', K_QUEUE) == 1 then
+  leave_queue(id)
+  queue_cleanup()
+end
 return 0

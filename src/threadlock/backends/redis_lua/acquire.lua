@@ -1,41 +1,84 @@
--- acquire: one attempt; ARGV 3 token, 4 ttl ms, 5 owner, 6 user key, 7 mode, 8 grace ms
---   mode "try":  take the key if free, else report busy (fail-fast; leaves nothing behind)
---   mode "wait": take it if free (or if it was handed to us), else join the queue / renew
---                our heartbeat deadline to now + grace
---   mode "last": take it if we can, else leave the queue (the waiter's timeout ran out)
+-- acquire: one attempt. ARGV 1 pub letter + mode letter, 2 token, 3 ttl ms, 4 owner,
+-- 5 user key, 6 grace ms, 7 the channel to notify this waiter on ('' for the key's own).
+-- KEYS 1-6, and 7 the tombstone of this acquire. Modes:
+--   't' (try):  take the key if free, else report busy (fail-fast; leaves nothing behind)
+--   'w' (wait): take it if free (or if it was handed to us), else join the queue / renew
+--               our heartbeat deadline to now + grace
+--   'l' (last): take it if we can, else leave the queue (the waiter's timeout ran out)
 -- Returns {1, fence, acquired µs, expires µs} or
---         {0, holder's µs left, fence, owner, acquired µs, expires µs, waiters}.
-local now = now_us()
-local id = redis.sha1hex(ARGV[3])
-local mode = ARGV[7]
-local lease = current(now)
-if lease and lease[1] == id then  -- handed to us while we waited: claim it
-  return {1, tonumber(lease[2]), tonumber(lease[4]), claim(now, lease)}
+--   {0, µs until the holder's lease ends, fence, owner, acquired µs, expires µs, waiters,
+--    newest tracked run id or nil}, or {2} if this acquire was abandoned (tombstone).
+
+-- Fast path: no lease, no queue (and no tombstone), so the key is free and nobody waits.
+-- Four calls.
+local busy
+if K_GONE then
+  busy = redis.call('EXISTS', K_LEASE, K_QUEUE, K_GONE)
+else
+  busy = redis.call('EXISTS', K_LEASE, K_QUEUE)
 end
-if not lease then
-  -- Free and nobody queued (current() hands a free key with waiters to their head).
-  leave_queue(id)
-  local fence, expires = new_lease(now, id, tonumber(ARGV[4]), ARGV[5], ARGV[6], nil)
-  queue_ttl()
+if busy == 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local ttl_ms = tonumber(ARGV[3])
+  local px = ttl_ms + FENCE_KEEP_MS
+  local now_s = string.format('%d', now)
+  local fence = now
+  local old = redis.call('SET', K_FENCE, now_s, 'PX', px, 'GET')
+  if old and tonumber(old) >= now then
+    fence = tonumber(old) + 1
+    redis.call('SET', K_FENCE, string.format('%d', fence), 'PX', px)
+  end
+  local expires = now + ttl_ms * 1000
+  redis.call('SET', K_LEASE, redis.sha1hex(ARGV[2]) .. ' 0 ' .. string.format('%d', fence)
+    .. ' ' .. now_s .. ' ' .. string.format('%d', expires) .. ' 0 ' .. #ARGV[4] .. ' '
+    .. ARGV[4] .. ARGV[5], 'PXAT', math.floor(expires / 1000) + 1)
   return {1, fence, now, expires}
 end
-if mode == 'wait' then
-  purge(now)
+
+-- @common
+
+if K_GONE and redis.call('EXISTS', K_GONE) == 1 then
+  return {2}  -- its caller gave up before this attempt arrived: change nothing
+end
+local id = redis.sha1hex(ARGV[2])
+local mode = string.sub(ARGV[1], 2, 2)
+local lease = current(NOW)
+if lease and lease.t == id then  -- handed to us while we waited: claim it
+  return {1, lease.fence, lease.acquired, claim(lease)}
+end
+if not lease then
+  -- Free and nobody queued (current() hands a free key with waiters to their head, and
+  -- deletes a queue it finds empty).
+  lease = new_lease(NOW, id, tonumber(ARGV[3]), ARGV[4], ARGV[5], nil, false)
+  return {1, lease.fence, NOW, lease.expires}
+end
+if mode == 'w' then
+  purge(NOW)
   if not redis.call('ZSCORE', K_QUEUE, id) then
-    local order = now
+    local order = NOW
     local tail = redis.call('ZRANGE', K_QUEUE, -1, -1, 'WITHSCORES')
     if #tail > 0 then
       order = math.max(order, tonumber(tail[2]) + 1)
     end
     redis.call('ZADD', K_QUEUE, order, id)
-    redis.call('HSET', K_META, id, ARGV[4] .. ' ' .. ARGV[8] .. ' ' .. ARGV[5], 'k', ARGV[6])
+    local inbox = ARGV[7] or ''
+    redis.call('HSET', K_META, id, ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. #inbox .. ' ' .. inbox
+      .. ARGV[4], 'k', ARGV[5])
   end
-  redis.call('ZADD', K_BEAT, now + tonumber(ARGV[8]) * 1000, id)
+  redis.call('ZADD', K_BEAT, NOW + tonumber(ARGV[6]) * 1000, id)
   queue_ttl()
-elseif mode == 'last' then
+  if lease.w ~= '1' then  -- tell the holder's release that someone waits
+    lease.w = '1'
+    store(lease)
+  end
+  -- A waiter only needs to know when to look again; the holder's details would be thrown
+  -- away (they are for ThreadBusy), so they cost no calls here.
+  return {0, ends_at(lease) - NOW, lease.fence, lease.owner, lease.acquired, lease.expires,
+    0, false}
+elseif mode == 'l' then
   leave_queue(id)
-  queue_ttl()
+  queue_cleanup()
 end
-local expires = tonumber(lease[5])
-return {0, expires - now, tonumber(lease[2]), lease[3], tonumber(lease[4]), expires,
-  live_waiters(now)}
+return {0, ends_at(lease) - NOW, lease.fence, lease.owner, lease.acquired, lease.expires,
+  live_waiters(NOW), newest_run()}

@@ -1,9 +1,12 @@
--- inspect: no extra ARGV. An expired holder is retired first (as every script does).
--- Returns {user key, fence, owner, acquired µs, expires µs, live waiters}, or 0 if free.
-local now = now_us()
-local lease = current(now)
+-- inspect: no ARGV beyond 1. KEYS 1-6. A free key with waiters is handed on first (as every
+-- script does). Returns {user key, fence, owner, acquired µs, expires µs, live waiters,
+-- newest tracked run id or nil}, or 0 if free.
+
+-- @common
+
+local lease = current(NOW)
 if not lease then
   return 0
 end
-return {lease[6], tonumber(lease[2]), lease[3], tonumber(lease[4]), tonumber(lease[5]),
-  live_waiters(now)}
+return {lease.key, lease.fence, lease.owner, lease.acquired, lease.expires, live_waiters(NOW),
+  newest_run()}

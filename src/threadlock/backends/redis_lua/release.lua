@@ -1,10 +1,26 @@
--- release: ARGV 3 token. Returns 1 if the caller's live lease was released (the key then
--- goes straight to the first live waiter), 0 if that lease was no longer held.
-local now = now_us()
-local lease = current(now)
-if not lease or lease[1] ~= redis.sha1hex(ARGV[3]) then
-  return 0
+-- release: ARGV 2 token. KEYS 1-5. Returns 1 if the caller's live lease was released, the
+-- id of the waiter the key then went to if it went straight to one, 0 if that lease was no
+-- longer held.
+
+-- Fast path: our lease (live while its key exists) with nobody queued behind it (its
+-- w flag is '0'): two calls.
+local value = redis.call('GET', K_LEASE)
+local mine = value and string.sub(value, 1, 40) == redis.sha1hex(ARGV[2])
+if mine then
+  redis.call('DEL', K_LEASE)
+  if string.byte(value, 42) == 48 then  -- '0'
+    return 1
+  end
 end
-redis.call('DEL', K_LEASE)
-grant_next(now)
-return 1
+
+-- @common
+
+if mine then
+  local granted = grant_next(NOW)
+  if granted then
+    return granted.t
+  end
+  return 1
+end
+current(NOW)  -- a free key with waiters goes to the head waiter, as every script does
+return 0

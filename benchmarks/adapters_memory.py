@@ -68,12 +68,17 @@ class MemoryHoldAdapter:
         await handle.__aexit__(None, None, None)
 
 
-class AsyncioLockAdapter:
-    name = "asyncio-lock"
-    capabilities = Capabilities(exclusive=True, fifo=False, loops=frozenset({"asyncio"}))
+class _DictOfLocksAdapter:
+    """One in-process lock per key, made by ``make_lock`` (the baselines)."""
+
+    name = ""
+    capabilities = Capabilities()
 
     def __init__(self, config: AdapterConfig) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, Any] = {}
+
+    def make_lock(self) -> Any:
+        raise NotImplementedError
 
     async def setup(self) -> None:
         return None
@@ -81,39 +86,31 @@ class AsyncioLockAdapter:
     async def teardown(self) -> None:
         self._locks.clear()
 
-    async def acquire(self, key: str) -> asyncio.Lock:
+    async def acquire(self, key: str) -> Any:
         lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        await lock.acquire()
-        return lock
-
-    async def release(self, handle: asyncio.Lock) -> None:
-        handle.release()
-
-
-class AnyioLockAdapter:
-    name = "anyio-lock"
-    capabilities = Capabilities(exclusive=True, fifo=True)
-
-    def __init__(self, config: AdapterConfig) -> None:
-        self._locks: dict[str, anyio.Lock] = {}
-
-    async def setup(self) -> None:
-        return None
-
-    async def teardown(self) -> None:
-        self._locks.clear()
-
-    async def acquire(self, key: str) -> anyio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = anyio.Lock()
+            lock = self._locks[key] = self.make_lock()
         await lock.acquire()
         return lock
 
     async def release(self, handle: Any) -> None:
         handle.release()
+
+
+class AsyncioLockAdapter(_DictOfLocksAdapter):
+    name = "asyncio-lock"
+    capabilities = Capabilities(exclusive=True, fifo=False, loops=frozenset({"asyncio"}))
+
+    def make_lock(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
+
+class AnyioLockAdapter(_DictOfLocksAdapter):
+    name = "anyio-lock"
+    capabilities = Capabilities(exclusive=True, fifo=True)
+
+    def make_lock(self) -> anyio.Lock:
+        return anyio.Lock()
 
 
 register_adapter("memory", MemoryAdapter, description="MemoryThreadLock acquire/release")

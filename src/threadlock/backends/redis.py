@@ -266,19 +266,17 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class _Waiter:
     """A local task waiting on a key, woken to re-check or, with the grant, to return."""
 
-    __slots__ = ("_future", "grant", "granted_at", "id", "woken")
+    __slots__ = ("_future", "grant", "id", "woken")
 
     def __init__(self, waiter_id: str) -> None:
         self.id = waiter_id
         self.woken = False
         self.grant: tuple[int, int, int] | None = None  # fence, acquired µs, expires µs
-        self.granted_at = 0.0
         self._future: asyncio.Future[None] | None = None
 
-    def wake(self, grant: tuple[int, int, int] | None = None, at: float | None = None) -> None:
+    def wake(self, grant: tuple[int, int, int] | None = None) -> None:
         if grant is not None:
-            self.grant = grant
-            self.granted_at = time.monotonic() if at is None else at
+            self.grant = grant  # a hint: the next acquire attempt checks and claims it
         self.woken = True
         future = self._future
         if future is not None and not future.done():
@@ -452,7 +450,7 @@ class RedisThreadLock(BaseThreadLock):
         self._idle: dict[str, float] = {}  # channel -> when its last local waiter left
         self._entering: dict[str, list[asyncio.Event]] = {}  # key -> acquires in line
         #: waiter id -> (grant, when): grants that arrived before their waiter registered
-        self._early: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._early: dict[str, tuple[int, int, int]] = {}
         self._janitor: asyncio.TimerHandle | None = None
         self._heartbeat = self._grace / 3
         self._grace_ms = str(_ttl_ms(self._grace)).encode()
@@ -664,7 +662,7 @@ class RedisThreadLock(BaseThreadLock):
                 # waiter of another process; kept a while, bounded.
                 if len(self._early) >= _EARLY_KEPT:
                     del self._early[next(iter(self._early))]
-                self._early[parts[0]] = (grant, time.monotonic())
+                self._early[parts[0]] = grant
         elif kind in ("subscribe", "ssubscribe"):
             # A (re)subscription: whatever was published before it was missed; re-check.
             for waiter in waiters.values():
@@ -830,7 +828,7 @@ class RedisThreadLock(BaseThreadLock):
         waiters[waiter.id] = waiter
         early = self._early.pop(waiter.id, None)
         if early is not None:  # granted before we got here (see _dispatch)
-            waiter.wake(*early)
+            waiter.wake(early)
         subscribed = False
         queued = True  # whether Redis may hold a queue entry (or a fresh grant) for us
         try:

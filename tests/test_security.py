@@ -567,9 +567,7 @@ async def test_a_forged_grant_notification_does_not_hand_out_the_lock(
             (waiter_id,) = await raw.zrange(queue, 0, -1)
             # The channel the waiting instance listens on: its own inbox on a plain server
             # (one per instance), else the key's channel.
-            channel = getattr(redis_lock, "_inbox", None) or (
-                queue.decode().rpartition(":")[0] + ":wake"
-            )
+            channel = redis_lock._wakeup.inbox or (queue.decode().rpartition(":")[0] + ":wake")
             now = int(time.time() * 1e6)
             forged = f"{waiter_id.decode()} {2**52} {now} {now + 30_000_000}"
             assert await raw.publish(channel, forged) >= 1  # the attacker

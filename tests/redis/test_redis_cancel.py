@@ -19,17 +19,18 @@ async def test_an_attempt_that_arrives_after_its_abandon_changes_nothing(
     redis_lock: RedisThreadLock,
 ) -> None:
     lock = redis_lock
+    script = lock._commands.script_unshielded
     names = lock._names("late")
     token = "ab" * 16
     keys = names.acquire_keys(_waiter_id(token))
-    assert await lock._eval("abandon", keys, b"p", token) == 0
+    assert await script("abandon", keys, b"p", token) == 0
     # The cancelled attempt's bytes reach Redis only now: the free path ...
-    reply = await lock._eval("acquire", keys, b"pw", token, 30_000, "o", b"late", b"5000")
+    reply = await script("acquire", keys, b"pw", token, 30_000, "o", b"late", b"5000")
     assert reply == [2]
     assert await lock.inspect("late") is None
     # ... and the queueing path.
     holder = await lock.acquire("late", ttl=30.0, timeout=0)
-    reply = await lock._eval("acquire", keys, b"pw", token, 30_000, "o", b"late", b"5000")
+    reply = await script("acquire", keys, b"pw", token, 30_000, "o", b"late", b"5000")
     assert reply == [2]
     info = await lock.inspect("late")
     assert info is not None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -102,37 +105,56 @@ async def test_sigkilled_waiter_is_skipped_within_the_grace(redis_url: str, pref
             assert "GOT" not in proc.stdout.read()
 
 
+async def hand_off(
+    lock: RedisThreadLock,
+    key: str,
+    ttl: float,
+    before_release: Callable[[], Awaitable[None]] | None = None,
+    bound: float = 10.0,
+) -> Lease:
+    """A holder of ``key`` releases it to a waiting task of the same ``lock`` (after
+    ``before_release``); the waiter's lease, released again. ``bound`` guards a hang."""
+    holder = await lock.acquire(key, ttl=ttl)
+    got: list[Lease] = []
+
+    async def waiter() -> None:
+        got.append(await lock.acquire(key, ttl=ttl, timeout=None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_for_waiters(lock, key, 1)
+        if before_release is not None:
+            await before_release()
+        assert await lock.release(holder)
+        with anyio.fail_after(bound):
+            while not got:
+                await anyio.sleep(0.005)
+    assert got[0].key == key
+    assert await lock.release(got[0])
+    return got[0]
+
+
 async def test_subscriber_reconnects_after_client_kill(redis_url: str, prefix: str) -> None:
     # grace=60: heartbeats every 20 s, holder ttl 60 s; only the notification can wake the
     # waiter within the bound below.
     key = "client-kill"
     async with RedisThreadLock.from_url(redis_url, prefix=prefix, grace=60.0) as lock:
+
+        async def kill_the_subscriber() -> None:
+            await anyio.sleep(0.1)  # let the subscription confirm
+            killed = await lock.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            assert int(killed) >= 1
+            # Wait for the subscriber to come back before the hand-off.
+            with anyio.fail_after(10):
+                while True:
+                    clients = await lock.client.client_list(_type="pubsub")
+                    if clients:
+                        break
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.1)
+
         for _ in range(2):
-            holder = await lock.acquire(key, ttl=60.0)
-            got: list[Lease] = []
-
-            async def waiter() -> None:
-                got.append(await lock.acquire(key, ttl=60.0, timeout=None))
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(waiter)
-                await wait_for_waiters(lock, key, 1)
-                await anyio.sleep(0.1)  # let the subscription confirm
-                killed = await lock.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-                assert int(killed) >= 1
-                # Wait for the subscriber to come back before the hand-off.
-                with anyio.fail_after(10):
-                    while True:
-                        clients = await lock.client.client_list(_type="pubsub")
-                        if clients:
-                            break
-                        await anyio.sleep(0.02)
-                await anyio.sleep(0.1)
-                assert await lock.release(holder)
-                with anyio.fail_after(5.0):
-                    while not got:
-                        await anyio.sleep(0.005)
-            assert await lock.release(got[0])
+            await hand_off(lock, key, 60.0, kill_the_subscriber, bound=5.0)
 
 
 async def test_exclusion_across_four_processes(redis_url: str, prefix: str, tmp_path: Path) -> None:
@@ -158,3 +180,70 @@ async def test_exclusion_across_four_processes(redis_url: str, prefix: str, tmp_
     for (_, e1, f1), (s2, _, f2) in itertools.pairwise(rows):
         assert e1 <= s2, "two sections overlapped"
         assert f1 < f2, "fences did not increase in time order"
+
+
+#: Messages anyone who may PUBLISH can send to an inbox: not UTF-8, empty, too few or too
+#: many fields, numbers that are not numbers, a stranger's waiter id.
+MALFORMED = [
+    b"\xff",
+    b"",
+    b"\xff \xff \xff \xff",
+    b"only two",
+    b"0" * 40 + b" x y z",
+    b"a b c d e f",
+    b"\x00\xfe\x01",
+]
+
+
+async def test_malformed_publishes_do_not_kill_the_wake_up_channel(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # grace=3600 and ttl=3600: the waiter's heartbeat and the holder's expiry are an hour
+    # away, so within the bound only a notification can hand the key over.
+    key = "malformed"
+    async with RedisThreadLock.from_url(redis_url, prefix=prefix, grace=3600.0) as lock:
+        inbox = f"{lock.prefix}:inbox:{lock._instance}"
+
+        async def publish_malformed() -> None:
+            with anyio.fail_after(10):
+                while (await lock.client.pubsub_numsub(inbox))[0][1] < 1:
+                    await anyio.sleep(0.01)
+            # Published before the grant, so the reader meets every one of them first.
+            for data in MALFORMED:
+                assert await lock.client.publish(inbox, data) == 1
+
+        for _ in range(2):
+            await hand_off(lock, key, 3600.0, publish_malformed)
+    # Ignored, not survived by a restart of the reader.
+    assert not [
+        r for r in caplog.records if getattr(r, "event", "") == "redis.subscriber_restarted"
+    ]
+
+
+async def test_a_failed_subscriber_reader_is_restarted_and_its_waiters_recheck(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As above, only a notification (or the restart's re-check) can hand the key over.
+    key = "reader-fails"
+    async with RedisThreadLock.from_url(redis_url, prefix=prefix, grace=3600.0) as lock:
+        hub = lock._wakeup
+        dispatch = hub.dispatch
+        failed: list[dict[str, Any]] = []
+
+        def fail_once(message: dict[str, Any]) -> None:
+            if message.get("type") == "message" and not failed:
+                failed.append(message)
+                raise RuntimeError("injected: the reader fails on this message")
+            dispatch(message)
+
+        hub.dispatch = fail_once  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="threadlock"):
+            for _ in range(2):
+                await hand_off(lock, key, 3600.0)
+        # The grant of round 0 was the message the reader failed on: that waiter got the key
+        # by the restart's re-check; round 1's by its notification, read by the new reader.
+        assert len(failed) == 1
+        restarts = [
+            r for r in caplog.records if getattr(r, "event", "") == "redis.subscriber_restarted"
+        ]
+        assert len(restarts) == 1

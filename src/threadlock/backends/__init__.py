@@ -33,9 +33,6 @@ SCHEMES: dict[str, str] = {
     "postgres": "threadlock.backends.postgres:PostgresThreadLock",
 }
 
-# Schemes whose backend is specified but not shipped in this release.
-_PLANNED: dict[str, str] = {}
-
 
 def from_url(url: str, **options: Any) -> BaseThreadLock:
     """Build the backend named by ``url``'s scheme, without connecting.
@@ -48,11 +45,6 @@ def from_url(url: str, **options: Any) -> BaseThreadLock:
     scheme = urlsplit(url).scheme.lower()
     target = SCHEMES.get(scheme)
     if target is None:
-        if scheme in _PLANNED:
-            raise ValueError(
-                f"url: the {_PLANNED[scheme]} backend ({scheme}://) is not available in this "
-                "release of threadlock yet"
-            )
         known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
         raise ValueError(f"url: unknown scheme {scheme!r} in {url!r}; known schemes: {known}")
     module_name, _, class_name = target.partition(":")

@@ -1,4 +1,4 @@
--- threadlock: the head of every lock script (prepended by redis.py). Locals only: no closure
+-- threadlock: the head of every lock script (prepended by scripts.py). Locals only: no closure
 -- is built and no Redis call is made here, so a script's fast path, written before its
 -- `-- @common` line, costs only the calls it makes itself.
 --
@@ -17,7 +17,8 @@
 --                   waiter's instance channel, or '' for the key's own), "k" -> the user key
 --   6 runs   hash   run id -> "<order µs> <record JSON>" (the run registry; see track.lua)
 --   7 chain  string the chain head (a response id); for acquire and abandon instead:
---     gone   string the tombstone of one acquire ("<base>:gone:<waiter id>", 60 s): abandon
+--     gone   string the tombstone of one acquire ("<base>:gone:<attempt>", 60 s; the
+--                   attempt is the backend instance's id and its acquire counter): abandon
 --                   writes it, so an attempt of that acquire that reaches Redis after it
 --                   (cancelled in flight, its bytes still on the wire) changes nothing
 -- ARGV[1] (every lock script): 's' to notify with SPUBLISH (Cluster), else 'p' (PUBLISH),

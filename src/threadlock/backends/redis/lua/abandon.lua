@@ -12,7 +12,7 @@ local id = redis.sha1hex(ARGV[2])
 local lease = current(NOW)
 if lease and lease.t == id then
   redis.call('DEL', K_LEASE)
-  grant_next(NOW)
+  hand_to_head_waiter(NOW)
   return 1
 end
 if redis.call('EXISTS', K_QUEUE) == 1 then

@@ -1,4 +1,4 @@
--- threadlock: shared helpers, inserted by redis.py where a script says `-- @common` (after
+-- threadlock: shared helpers, inserted by scripts.py where a script says `-- @common` (after
 -- its fast path, if it has one). The locals of _head.lua are in scope.
 
 if not NOW then
@@ -100,9 +100,9 @@ local function leave_queue(id)
 end
 
 -- A new lease for waiter `id`, living ttl_ms. With `claim_ms` it is a hand-off its waiter has
--- not claimed yet: it also ends at now + claim_ms unless claimed by then (claim.lua, sent by
--- the waiter's process right after it returned the lease), so a waiter that died just
--- before the grant stalls the key for at most its grace, not its ttl.
+-- not claimed yet: it also ends at now + claim_ms unless claimed by then (by the waiter's
+-- next acquire attempt, which the notification triggers), so a waiter that died just before
+-- the grant stalls the key for at most its grace, not its ttl.
 local function new_lease(now, id, ttl_ms, owner, key, claim_ms, queued)
   local lease = {t = id, w = queued and '1' or '0', fence = next_fence(now, ttl_ms + FENCE_KEEP_MS),
     acquired = now, expires = now + ttl_ms * 1000, claim_by = 0, owner = owner, key = key}
@@ -113,9 +113,10 @@ local function new_lease(now, id, ttl_ms, owner, key, claim_ms, queued)
   return lease
 end
 
--- Wake the granted waiter: "<id> <fence> <acquired µs> <expires µs>", so it can return its
--- lease without another round trip. `inbox` is the waiter's instance channel ('' for the
--- key's own channel; sharded pub/sub always uses the key's, which is in this slot).
+-- Wake the granted waiter: "<id> <fence> <acquired µs> <expires µs>". The message only wakes
+-- it; its next acquire attempt checks its token against the lease and claims the key.
+-- `inbox` is the waiter's instance channel ('' for the key's own channel; sharded pub/sub
+-- always uses the key's, which is in this slot).
 local function notify(lease, inbox)
   local message = lease.t .. ' ' .. fmt(lease.fence) .. ' ' .. fmt(lease.acquired) .. ' '
     .. fmt(lease.expires)
@@ -130,7 +131,7 @@ end
 
 -- The key is free: make the first live waiter the holder and notify it (direct hand-off).
 -- Returns the new lease, or nil if nobody waits.
-local function grant_next(now)
+local function hand_to_head_waiter(now)
   purge(now)
   while true do
     local head = redis.call('ZRANGE', K_QUEUE, 0, 0)
@@ -162,7 +163,7 @@ local function current(now)
     return decode(value)
   end
   if redis.call('EXISTS', K_QUEUE) == 1 then
-    return grant_next(now)
+    return hand_to_head_waiter(now)
   end
   return nil
 end
@@ -172,8 +173,8 @@ local function live_waiters(now)
   return redis.call('ZCARD', K_QUEUE)
 end
 
--- The waiter a key was handed to claims it: from now on it lives to its expiry (unchanged:
--- the grant told the waiter already). Returns the expiry (µs).
+-- The waiter a key was handed to claims it: from now on it lives to its expiry (unchanged
+-- by the claim). Returns the expiry (µs).
 local function claim(lease)
   if lease.claim_by > 0 then
     lease.claim_by = 0

@@ -16,7 +16,7 @@ end
 -- @common
 
 if mine then
-  local granted = grant_next(NOW)
+  local granted = hand_to_head_waiter(NOW)
   if granted then
     return granted.t
   end

@@ -1,0 +1,146 @@
+"""The Lua scripts and the one path every round trip to Redis takes.
+
+The scripts are the package's ``lua/*.lua`` files. A lock script is ``_head.lua`` (locals
+only) followed by the script, whose ``-- @common`` line is replaced by ``_common.lua`` (the
+shared helpers), so the fast path written above that line runs before any helper exists. A
+script without the marker (``track.lua``) is sent as it is. Each runs with ``EVALSHA`` and is
+loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover).
+
+Every redis-py error and :class:`OSError` comes out of :class:`RedisCommands` as
+:class:`~threadlock.errors.BackendError`, chained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+
+from threadlock.backends.redis.cluster import SlotMap
+from threadlock.backends.redis.keys import text
+from threadlock.errors import BackendError
+
+_T = TypeVar("_T")
+LOCK_SCRIPTS = ("acquire", "release", "extend", "abandon", "inspect", "advance")
+SCRIPTS = (*LOCK_SCRIPTS, "track")
+_NUMKEYS = {n: str(n).encode() for n in range(1, 8)}
+#: At most this many commands of one ``for_each_bounded`` run at once.
+_CONCURRENCY = 32
+
+
+def load_scripts() -> dict[str, str]:
+    """Script texts: ``_head.lua`` + the script with ``-- @common`` replaced by the helpers.
+
+    A script without the ``-- @common`` marker is standalone (``track.lua``).
+    """
+    folder = importlib.resources.files("threadlock.backends.redis") / "lua"
+    head = (folder / "_head.lua").read_text(encoding="utf-8")
+    common = (folder / "_common.lua").read_text(encoding="utf-8")
+    texts = {}
+    for name in SCRIPTS:
+        body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+        if "\n-- @common\n" in body:
+            texts[name] = head + "\n" + body.replace("\n-- @common\n", "\n" + common + "\n", 1)
+        else:
+            texts[name] = body
+    return texts
+
+
+#: name -> the text sent on NOSCRIPT
+SCRIPT_TEXT = load_scripts()
+#: name -> the SHA-1 that EVALSHA names it by
+SCRIPT_SHA = {
+    name: hashlib.sha1(body.encode("utf-8")).hexdigest()  # noqa: S324 - Redis's script id
+    for name, body in SCRIPT_TEXT.items()
+}
+
+
+class RedisCommands:
+    """One backend instance's way to Redis: scripts, plain commands and ``SCAN``."""
+
+    __slots__ = ("_slot_map", "client")
+
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+        self.client = client
+        self._slot_map = SlotMap(client)
+
+    async def script_unshielded(
+        self, name: str, keys: list[bytes], *args: bytes | str | int
+    ) -> Any:
+        """One script, one round trip: ``EVALSHA`` straight through the client, loading the
+        script on NOSCRIPT. Not shielded: a caller cancelled in flight does not know whether
+        it ran (``acquire`` and ``release`` handle that themselves, see lock.py)."""
+        client = self.client
+        try:
+            if not self._slot_map.loaded:
+                await self._slot_map.load()
+            try:
+                return await client.execute_command(
+                    "EVALSHA", SCRIPT_SHA[name], _NUMKEYS[len(keys)], *keys, *args
+                )
+            except redis.exceptions.NoScriptError:
+                await client.script_load(SCRIPT_TEXT[name])
+                return await client.execute_command(
+                    "EVALSHA", SCRIPT_SHA[name], _NUMKEYS[len(keys)], *keys, *args
+                )
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def script_shielded(self, name: str, keys: list[bytes], *args: bytes | str | int) -> Any:
+        """:meth:`script_unshielded` in a shielded scope: its outcome is always known (a
+        command cancelled in flight may still reach Redis after whatever the caller does
+        next). For every operation but the two hot ones."""
+        with anyio.CancelScope(shield=True):
+            return await self.script_unshielded(name, keys, *args)
+
+    async def command(self, run: Callable[[], Awaitable[_T]], *, shield: bool = False) -> _T:
+        """``await run()`` (redis-py calls), optionally shielded, errors as BackendError."""
+        try:
+            with anyio.CancelScope(shield=shield):
+                if not self._slot_map.loaded:
+                    await self._slot_map.load()
+                result = await run()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
+        return result
+
+    async def scan(self, pattern: str) -> list[str]:
+        """Every key name matching ``pattern`` (on every master of a Cluster)."""
+        found: list[str] = []
+
+        async def scan() -> None:
+            async for name in self.client.scan_iter(match=pattern, count=1000):
+                found.append(text(name))
+
+        await self.command(scan)
+        return found
+
+
+async def for_each_bounded(items: Sequence[str], work: Callable[[str], Awaitable[None]]) -> None:
+    """``work(item)`` for every item, at most :data:`_CONCURRENCY` at once.
+
+    The first :class:`BackendError` comes out as itself, not inside an ``ExceptionGroup``.
+    """
+    limiter = anyio.CapacityLimiter(_CONCURRENCY)
+    errors: list[BackendError] = []
+
+    async def one(item: str) -> None:
+        async with limiter:
+            if errors:
+                return
+            try:
+                await work(item)
+            except BackendError as error:
+                errors.append(error)
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(one, item)
+    if errors:
+        raise errors[0]

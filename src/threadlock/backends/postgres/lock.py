@@ -1,6 +1,6 @@
 """The Postgres lock: acquire, release and extend, each one statement, with FIFO hand-off.
 
-How it keeps its promises (the SQL is in ``sql/schema.sql``, the statements in
+How it keeps its promises (the SQL is in ``sql/``, the statements in
 ``statements.py``):
 
 * ``<table>`` holds one row per held key (key, token, fence, owner, ttl, acquired_at,
@@ -30,7 +30,7 @@ How it keeps its promises (the SQL is in ``sql/schema.sql``, the statements in
 * statements that hand nobody a fence or an expiry (release, withdrawal, a waiter's heartbeat)
   commit with ``synchronous_commit = off`` (``relaxed_commit=True``, the default); grants,
   confirmations and extends commit synchronously, and WAL is flushed in order, so fences stay
-  monotonic and exclusion holds across a server crash (see ``sql/schema.sql`` and the docs).
+  monotonic and exclusion holds across a server crash (see ``sql/functions.sql`` and the docs).
 """
 
 from __future__ import annotations

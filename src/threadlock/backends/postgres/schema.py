@@ -1,9 +1,11 @@
-"""Schema management: ``create_schema``, the version table and the upgrade of older schemas.
+"""Schema management: ``create_schema``, the version table and the numbered migrations.
 
-The SQL is in ``sql/schema.sql``. Nothing runs on import or on first use: only an explicit
-``create_schema`` (or ``threadlock create-schema --url ...``) creates or upgrades the schema.
-Names are filled in with ``psycopg.sql`` (quoted identifiers and literals), never by string
-formatting of user values.
+The SQL is in ``sql/``: ``NNN_*.sql`` are the migrations, applied in order, each in its own
+transaction under one advisory lock (so concurrent ``create_schema`` calls are safe), each
+recording its number in ``threadlock_schema_version``; ``functions.sql`` holds the current
+functions, installed in the transaction of the last migration. Nothing runs on import or on
+first use. Names are filled in with ``psycopg.sql`` (quoted identifiers and literals), never
+by string formatting of user values.
 """
 
 from __future__ import annotations
@@ -18,28 +20,39 @@ from psycopg import sql
 from threadlock.backends.postgres.statements import object_name
 from threadlock.errors import BackendError
 
-__all__ = ["SCHEMA_VERSION", "create_schema"]
-
-#: The schema version ``create_schema`` installs; stored in ``threadlock_schema_version``.
-#: Version 2 added the run registry, the chain heads and the leaner lease functions; an
-#: existing version-1 schema is upgraded in place by ``create_schema``.
-SCHEMA_VERSION = 2
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "create_schema"]
 
 VERSION_TABLE = "threadlock_schema_version"
 # One advisory lock (the bigint key space) serialises every create_schema on a database.
 _SCHEMA_LOCK_ID = 0x7468726561646C6B  # "threadlk"
+_MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
+_SQL = resources.files("threadlock.backends.postgres").joinpath("sql")
 
 
-def _load_statements() -> list[str]:
-    text = (
-        resources.files("threadlock.backends.postgres")
-        .joinpath("sql/schema.sql")
-        .read_text(encoding="utf-8")
-    )
-    chunks = [chunk.strip() for chunk in re.split(r"^--;$", text, flags=re.MULTILINE)]
+def _migrations() -> list[tuple[int, str]]:
+    found = []
+    for entry in _SQL.iterdir():
+        match = _MIGRATION_RE.fullmatch(entry.name)
+        if match is not None:
+            found.append((int(match.group(1)), entry.name))
+    found.sort()
+    if [number for number, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"threadlock: the Postgres migrations are not numbered 1..n: {found}")
+    return found
+
+
+#: The numbered migrations, ``(number, file name)`` in order.
+MIGRATIONS = _migrations()
+
+#: The schema version ``create_schema`` installs: the number of the last migration.
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _statements(name: str) -> list[str]:
+    text = _SQL.joinpath(name).read_text(encoding="utf-8")
     statements = []
-    for chunk in chunks:
-        lines = chunk.splitlines()
+    for chunk in re.split(r"^--;$", text, flags=re.MULTILINE):
+        lines = chunk.strip().splitlines()
         while lines and lines[0].startswith("--"):  # leading comments only
             lines.pop(0)
         if lines:
@@ -56,24 +69,31 @@ async def create_schema(
     channel: str,
     lockclass: int,
 ) -> None:
-    """Create or upgrade the objects of ``table`` on ``conn`` (an autocommit connection).
+    """Apply the migrations ``table`` lacks on ``conn`` (an autocommit connection), in order.
 
-    All of it is one transaction under one advisory lock, so concurrent calls are safe.
+    Each migration is one transaction that takes the schema advisory lock, re-reads the
+    recorded version (another process may have applied it meanwhile), applies the migration
+    (and, for the last one, the current functions) and records its number.
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
-        await _install(
-            conn,
-            table=table,
-            schema=schema,
-            unlogged=unlogged,
-            channel=channel,
-            lockclass=lockclass,
-        )
+    for number, file_name in MIGRATIONS:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
+            await _apply(
+                conn,
+                number,
+                file_name,
+                table=table,
+                schema=schema,
+                unlogged=unlogged,
+                channel=channel,
+                lockclass=lockclass,
+            )
 
 
-async def _install(
+async def _apply(
     conn: psycopg.AsyncConnection[Any],
+    number: int,
+    file_name: str,
     *,
     table: str,
     schema: str | None,
@@ -113,11 +133,10 @@ async def _install(
             f"create_schema: {schema}.{table} has schema version {row[0]}, newer "
             f"than this threadlock's {SCHEMA_VERSION}; upgrade threadlock"
         )
-    if row is not None and int(row[0]) == SCHEMA_VERSION:
+    if row is not None and int(row[0]) >= number:
         return
-    # A fresh install and an upgrade run the same idempotent statements.
     # Relaxed commits are sound only where a grant's own commit flushes WAL, i.e. when the
-    # lease table is logged (see schema.sql); an existing table keeps its persistence.
+    # lease table is logged (see sql/functions.sql); an existing table keeps its persistence.
     persistence = await (
         await conn.execute(
             "SELECT c.relpersistence FROM pg_class c JOIN pg_namespace n"
@@ -137,9 +156,15 @@ async def _install(
         "waiters": name("_waiters"),
         "fence_seq": name("_fence_seq"),
         "fence_seq_name": sql.Literal(f'"{schema}"."{table}_fence_seq"'),
-        "grant_next": name("_grant_next"),
-        "hand_on": name("_hand_on"),
-        "settle": name("_settle"),
+        "grant_head_waiter": name("_grant_head_waiter"),
+        "grant_next": name("_grant_next"),  # version 1's, dropped by migration 3
+        "settle": name("_settle"),  # version 1's, dropped by migration 3
+        "hand_on": name("_hand_on"),  # version 2's, dropped by migration 3
+        "v1_acquire_signature": sql.Literal(
+            f'"{schema}"."{table}_acquire"(text, text, text, text, double precision,'
+            " double precision, boolean, bigint)"
+        ),
+        "v1_release_signature": sql.Literal(f'"{schema}"."{table}_release"(text, text)'),
         "sweep": name("_sweep"),
         "acquire": name("_acquire"),
         "release": name("_release"),
@@ -151,7 +176,10 @@ async def _install(
         "lockclass": sql.SQL(str(lockclass)),
         "unlogged": sql.SQL("UNLOGGED " if unlogged else ""),
     }
-    for statement in _load_statements():
+    statements = _statements(file_name)
+    if number == SCHEMA_VERSION:
+        statements += _statements("functions.sql")
+    for statement in statements:
         await conn.execute(sql.SQL(statement).format(**names))
     await conn.execute(
         sql.SQL(
@@ -159,5 +187,5 @@ async def _install(
             " ON CONFLICT (table_name) DO UPDATE SET version = excluded.version,"
             " updated_at = now()"
         ).format(version_table),
-        (table, SCHEMA_VERSION, unlogged),
+        (table, number, unlogged),
     )

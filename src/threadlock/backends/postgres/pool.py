@@ -1,0 +1,103 @@
+"""The pooled connections every statement runs on, and the one way a statement is run.
+
+Every lease, registry and chain operation is ONE statement in its own transaction on a
+connection from the pool (autocommit), so nothing is pinned per held lock and it works behind
+PgBouncer in transaction mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool
+
+from threadlock.errors import BackendError
+
+__all__ = ["Connections"]
+
+
+class Connections:
+    """A pool, opened on first use if the backend owns it, and the statement runner.
+
+    Args:
+        pool: the ``AsyncConnectionPool``; its connections are switched to autocommit.
+        owns_pool: the pool was built by the backend (``from_url``): opened on first use and
+            closed with the backend. Otherwise the caller opens and closes it.
+        statement_timeout: the bound on one statement (see :meth:`execute`).
+        missing: the message of the ``BackendError`` raised when the schema is missing.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        owns_pool: bool,
+        statement_timeout: float,
+        missing: str,
+    ) -> None:
+        self.pool = pool
+        self.owns_pool = owns_pool
+        self.statement_timeout = statement_timeout
+        self._missing = missing
+        self._opened = not owns_pool
+        self._open_lock: anyio.Lock | None = None
+
+    async def ready(self) -> AsyncConnectionPool[Any]:
+        """The pool, opened first if the backend owns it and it is not open yet."""
+        if not self._opened:
+            if self._open_lock is None:
+                self._open_lock = anyio.Lock()
+            async with self._open_lock:
+                if not self._opened:
+                    try:
+                        await self.pool.open(wait=False)
+                    except psycopg.Error as error:
+                        raise BackendError(f"could not open the Postgres pool: {error}") from error
+                    self._opened = True
+        return self.pool
+
+    async def execute(
+        self, query: bytes, params: tuple[Any, ...] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement, shielded from cancellation for at most ``statement_timeout``.
+
+        Cancelling a statement in flight would leave it to commit or not, unknown to us, after
+        we gave up on it; so the statement runs to its end (or the timeout, a
+        ``BackendError``), and a cancellation is delivered right after it. A missing table or
+        function is a ``BackendError`` telling the caller to run ``create_schema``.
+        """
+        pool = self.pool if self._opened else await self.ready()
+        try:
+            # getconn/putconn rather than pool.connection(): the same checks on return, with
+            # less machinery on the path every operation takes.
+            conn = await pool.getconn()
+            try:
+                if not conn.autocommit:
+                    await conn.set_autocommit(True)
+                rows: list[tuple[Any, ...]] | None = None
+                with anyio.move_on_after(self.statement_timeout, shield=True):
+                    # Prepared from the first call (unless the pool's connections disable
+                    # prepared statements with prepare_threshold=None, as for PgBouncer).
+                    cursor = await conn.execute(query, params, prepare=True)
+                    rows = await cursor.fetchall() if cursor.description is not None else []
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool.putconn(conn)
+            if rows is None:
+                raise BackendError(
+                    f"Postgres did not answer within statement_timeout={self.statement_timeout}s"
+                )
+            return rows
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
+            raise BackendError(self._missing) from error
+        except psycopg.Error as error:
+            raise BackendError(f"Postgres error: {error}") from error
+
+    async def aclose(self) -> None:
+        """Close the pool if the backend owns it and opened it (shielded)."""
+        if self.owns_pool and self._opened:
+            with anyio.CancelScope(shield=True):
+                await self.pool.close()

@@ -552,9 +552,9 @@ async def test_a_failing_observer_set_alone_is_shielded(
 async def test_a_failing_log_filter_never_breaks_locking(
     lock: MemoryThreadLock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threadlock.observe as observe_module
+    from threadlock.observe import log_events
 
-    monkeypatch.setattr(observe_module, "_emit_failed", [])
+    monkeypatch.setattr(log_events, "_emit_failed", [])
 
     def explode(record: logging.LogRecord) -> bool:
         raise RuntimeError("filter")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextvars
+import logging
 import os
 import socket
 import sys
@@ -24,14 +25,16 @@ from typing import Any, ClassVar, Self
 
 import anyio
 
-from threadlock import observe as _observe
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_key, check_positive, check_timeout, check_ttl
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
 from threadlock.hold import DEFAULT_RELEASE_TIMEOUT, Hold
 from threadlock.observe import Observer
+from threadlock.observe import lookup as _lookup
 
 __all__ = ["DEFAULT_GRACE", "BaseThreadLock", "current_task_name", "default_owner"]
+
+_log = logging.getLogger("threadlock")
 
 #: Seconds after which a waiter whose process died is skipped (SPEC §3.1).
 DEFAULT_GRACE = 5.0
@@ -93,7 +96,7 @@ class _WaitReport:
         try:
             self._observer.waiting(self._kind, self._key, time.monotonic() - self._started)
         except Exception:  # a shielded observer never raises; a trusted one should not
-            _observe.logger.debug("waiting report failed", exc_info=True)
+            _log.debug("waiting report failed", exc_info=True)
 
     def _asyncio_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tick()
@@ -203,7 +206,7 @@ class BaseThreadLock(abc.ABC):
                 ),
                 "",
             )
-            cls.backend_kind = inherited or _observe.kind_from_name(cls.__name__)
+            cls.backend_kind = inherited or _lookup.kind_from_name(cls.__name__)
 
     def __init__(
         self,
@@ -233,7 +236,7 @@ class BaseThreadLock(abc.ABC):
         takes effect at the next operation, ``hold()`` blocks already entered included.
         """
         if self._tl_observer_set is None:
-            return _observe.get_default_observer()
+            return _lookup.get_default_observer()
         return self._tl_observer_set
 
     @observer.setter
@@ -241,7 +244,7 @@ class BaseThreadLock(abc.ABC):
         if observer is None:
             self._tl_observer = self._tl_observer_set = None
             return
-        self._tl_observer = _observe._shielded(observer, "observer")
+        self._tl_observer = _lookup._shielded(observer, "observer")
         self._tl_observer_set = observer
 
     @property
@@ -271,7 +274,7 @@ class BaseThreadLock(abc.ABC):
         self._check_open()
         observer = self._tl_observer
         if observer is None:
-            observer = _observe._default_effective
+            observer = _lookup._default_effective
         started = time.monotonic()
         try:
             every = None if timeout_s == 0 else observer.waiting_interval
@@ -293,7 +296,7 @@ class BaseThreadLock(abc.ABC):
         released = await self._release(lease)
         observer = self._tl_observer
         if observer is None:
-            observer = _observe._default_effective
+            observer = _lookup._default_effective
         held_for = time.time() - lease.acquired_at
         observer.released(
             self.backend_kind, lease.key, lease.fence, held_for if held_for > 0 else 0.0, released
@@ -307,7 +310,7 @@ class BaseThreadLock(abc.ABC):
         self._check_open()
         observer = self._tl_observer
         if observer is None:
-            observer = _observe._default_effective
+            observer = _lookup._default_effective
         try:
             new = await self._extend(lease, ttl_s)
         except LeaseLost as error:

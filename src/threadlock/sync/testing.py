@@ -20,7 +20,7 @@ __all__ = ["sync_client", "sync_http_client"]
 
 
 def _transport_class(module: Any) -> type[Any]:
-    class SyncFakeTransport(module.BaseTransport):  # type: ignore[misc, name-defined]
+    class SyncFakeTransport(module.BaseTransport):  # type: ignore[misc]
         """Serves a sync client's requests from a FakeOpenAI on the threadlock loop."""
 
         def __init__(self, fake: FakeOpenAI) -> None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,8 +13,6 @@ import pytest
 from _servers.redis_server import RedisServer, require_redis_server
 from threadlock.testing import FakeOpenAI
 from threadlock.testing.fake_openai import sdk_http_module
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="session")
@@ -39,20 +33,6 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def prefix() -> str:
     return f"tl-sync-{uuid.uuid4().hex[:12]}"
-
-
-def load_example(name: str) -> ModuleType:
-    """Import examples/<name>.py as module ``example_<name>`` (once per process)."""
-    module_name = f"example_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _asgi_app(fake: FakeOpenAI) -> Any:

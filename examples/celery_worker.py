@@ -1,6 +1,6 @@
 """A Celery worker: every task is one turn on a conversation, in order, with prefork processes.
 
-    python examples/celery_worker.py     # offline: a burst of tasks, in-process threads
+    python examples/celery_worker.py     # offline: a burst of turns from threads
     CELERY_BROKER_URL=redis://localhost:6379/1 CELERY_RESULT_BACKEND=redis://localhost:6379/2 \\
     THREADLOCK_URL=redis://localhost:6379/0 OPENAI_API_KEY=sk-... \\
         celery -A celery_worker worker --pool prefork --concurrency 2
@@ -70,27 +70,36 @@ def _make_client() -> openai.OpenAI:
     return sync_client(FakeOpenAI(response_duration=0.05))
 
 
-@app.task(bind=True, name=TASK_NAME, max_retries=None)
-def answer_message(self: Task, conversation_id: str, text: str) -> dict[str, Any]:
-    """One turn: send ``text`` on ``conversation_id``, return the reply and the turn's fence."""
-    try:
-        with guard_conversation(
-            openai_client(), conversation_id, lock=lock, ttl=30, timeout=TURN_TIMEOUT
-        ) as turn:
-            response = turn.create(model=MODEL, input=text)
-            fence = turn.lease.fence
-    except threadlock.ThreadBusy as busy:
-        raise self.retry(countdown=busy.retry_after) from busy
+def answer(conversation_id: str, text: str) -> dict[str, Any]:
+    """One turn: send ``text`` on ``conversation_id``; return the reply and the turn's fence.
+
+    Plain sync code, callable from any thread; :class:`threadlock.ThreadBusy` when the turn
+    could not start within ``TURN_TIMEOUT``.
+    """
+    with guard_conversation(
+        openai_client(), conversation_id, lock=lock, ttl=30, timeout=TURN_TIMEOUT
+    ) as turn:
+        response = turn.create(model=MODEL, input=text)
+        fence = turn.lease.fence
     return {"text": text, "reply": response.output_text, "fence": fence, "pid": os.getpid()}
 
 
+@app.task(bind=True, name=TASK_NAME, max_retries=None)
+def answer_message(self: Task, conversation_id: str, text: str) -> dict[str, Any]:
+    """The task: :func:`answer`, retried by Celery after the holder's remaining lease."""
+    try:
+        return answer(conversation_id, text)
+    except threadlock.ThreadBusy as busy:
+        raise self.retry(countdown=busy.retry_after) from busy
+
+
 def offline_demo(messages: int = 4) -> list[dict[str, Any]]:
-    """Run a burst of tasks in-process, one thread each, on one conversation."""
+    """Run a burst of turns in-process, one thread each, on one conversation."""
     conversation_id = openai_client().conversations.create().id
     results: list[dict[str, Any]] = []
 
     def run(text: str) -> None:
-        results.append(answer_message(conversation_id, text))  # the task, run here
+        results.append(answer(conversation_id, text))
 
     threads = [threading.Thread(target=run, args=(f"message {i}",)) for i in range(messages)]
     for thread in threads:

@@ -85,6 +85,8 @@ def _unavailable(reason: str) -> None:
         ("fastapi_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
         ("arq_worker.py", "second, retried: Reply to: second"),
         ("assistants_thread.py", "run statuses: ['completed', 'completed']"),
+        ("flask_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
+        ("celery_worker.py", "one turn at a time, each with a new fence: True"),
     ],
 )
 def test_example_runs_offline(script: str, expect: str) -> None:
@@ -299,6 +301,62 @@ async def test_arq_worker_retries_busy_jobs_until_all_are_answered(redis_url: st
     assert fake.concurrency_errors == 0
     assert sorted(fake.conversation_inputs(conversation_id)) == texts  # each sent exactly once
     assert max(info.job_try for info in infos if info) > 1  # busy jobs were retried by arq
+
+
+# -- Flask and Celery (threadlock.sync) ------------------------------------------------------
+# The Flask app on Redis with real threads and a real prefork Celery worker are in tests/sync.
+
+
+def test_flask_webhook_burst_through_the_test_client() -> None:
+    import threading
+
+    import threadlock.sync
+    from threadlock.sync.testing import sync_client
+
+    example = load("flask_webhook")
+    fake = FakeOpenAI(response_duration=0.02)
+    app = example.create_app(lock=threadlock.sync.from_url("memory://"), client=sync_client(fake))
+    answers: list[Any] = []
+
+    def post(user: str, text: str) -> None:
+        answers.append(app.test_client().post("/webhook", json={"user_id": user, "text": text}))
+
+    threads = [
+        threading.Thread(target=post, args=(f"u{u}", f"message {i}"))
+        for i in range(3)
+        for u in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [a.status_code for a in answers] == [200] * 6
+    assert fake.concurrency_errors == 0
+    for u in range(2):
+        bodies = [a.get_json() for a in answers if a.get_json()["user_id"] == f"u{u}"]
+        assert sorted(b["reply"] for b in bodies) == [f"Reply to: message {i}" for i in range(3)]
+    assert app.test_client().get("/locks").get_json() == []
+
+
+def test_celery_task_turns_thread_busy_into_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.exceptions import Retry
+
+    from threadlock.sync.testing import sync_client
+
+    example = load("celery_worker")
+    fake = FakeOpenAI(response_duration=0.01)
+    monkeypatch.setattr(example, "openai_client", lambda: sync_client(fake))
+    monkeypatch.setattr(example, "TURN_TIMEOUT", 0.2)
+    conversation_id = fake.add_conversation()
+    with example.lock.hold(conversation_id, ttl=12):  # another task's turn
+        with pytest.raises(Retry) as retry:
+            example.answer_message.apply(args=(conversation_id, "hello"), throw=True).get()
+    assert retry.value.when is not None
+    assert 0 < float(retry.value.when) <= 12  # the holder's remaining lease, in seconds
+    assert fake.conversation_inputs(conversation_id) == []  # nothing was sent while busy
+    done = example.answer_message.apply(args=(conversation_id, "hello"), throw=True).get()
+    assert done["reply"] == "Reply to: hello"
+    assert fake.conversation_inputs(conversation_id) == ["hello"]
 
 
 # -- Postgres job queue (procrastinate) -------------------------------------------------------

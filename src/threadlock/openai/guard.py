@@ -25,6 +25,7 @@ import openai
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
 from threadlock.observe import Observer, backend_kind, observer_of
+from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
     ACTIVE_RUN_STATUSES,
@@ -77,6 +78,8 @@ def _check_registry(lock: object) -> None:
 
 
 def _check_client(client: object) -> None:
+    if isinstance(client, ThreadedClient):  # a sync client, driven by threadlock.sync
+        return
     if not isinstance(client, openai.AsyncOpenAI):
         raise TypeError(f"client must be an openai.AsyncOpenAI, not {type(client).__name__}")
 

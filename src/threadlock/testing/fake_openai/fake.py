@@ -99,10 +99,16 @@ class FakeOpenAI(Counters):
         self._store = Store()
         self._faults = Faults()
         self._conversations = Conversations(self._store, self._clock)
-        self._responses = Responses(self._store, self._clock, self, self._conversations, reply)
-        self._assistants = Assistants(self._store, self._clock, self, reply)
+        self._responses = Responses(
+            self._store,
+            self._clock,
+            settings=self,
+            conversations=self._conversations,
+            reply=reply,
+        )
+        self._assistants = Assistants(self._store, self._clock, settings=self, reply=reply)
         routes = self._responses.routes() + self._conversations.routes() + self._assistants.routes()
-        self._server = Server(self, self, self._faults, routes)
+        self._server = Server(settings=self, counters=self, faults=self._faults, routes=routes)
 
     # ---------------------------------------------------------------- clients and transport
 

@@ -307,3 +307,44 @@ async def test_streaming_response_whose_client_disconnects_frees_the_key(
         server.should_exit = True
     if path == "closing":
         assert errors == []  # closed in the streaming task: nothing to report
+
+
+# -- arrival order end to end: take the lock before acknowledging the job ---------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_workers_that_lock_before_acknowledging_keep_arrival_order(
+    anyio_backend: str,
+) -> None:
+    """Four workers share one queue. Each peeks at the oldest job, takes its conversation's
+    lease, and only then acknowledges (removes) it, if it is still the oldest. So a job is
+    started only after every earlier job of its conversation was acknowledged and finished."""
+    lock = MemoryThreadLock()
+    jobs = [(conversation, seq) for seq, conversation in enumerate("ABAAB" * 4)]
+    queue = list(jobs)
+    started: list[tuple[str, int]] = []
+    running: set[str] = set()
+
+    async def worker(number: int) -> None:
+        while queue:
+            job = queue[0]  # peek: the job stays on the queue
+            conversation, seq = job
+            async with lock.hold(conversation, ttl=TTL):
+                if not queue or queue[0] != job:  # another worker acknowledged it meanwhile
+                    continue
+                queue.pop(0)  # acknowledge, under the lease
+                assert conversation not in running
+                running.add(conversation)
+                started.append(job)
+                for _ in range((number + seq) % 3):  # uneven work: workers overtake each other
+                    await anyio.sleep(0)
+                running.discard(conversation)
+
+    async with anyio.create_task_group() as tg:
+        for number in range(4):
+            tg.start_soon(worker, number)
+    for conversation in "AB":
+        assert [job for job in started if job[0] == conversation] == [
+            job for job in jobs if job[0] == conversation
+        ]
+    assert sorted(started) == sorted(jobs)

@@ -132,6 +132,44 @@ async def test_a_lease_expired_while_renewals_failed_is_lost(registry: Collector
     assert value(registry, "threadlock_renewals_total") == 0
 
 
+class FailingRelease(MemoryThreadLock):
+    async def _release(self, lease: Lease) -> bool:
+        raise BackendError("backend unreachable (test)")
+
+
+class StuckRelease(MemoryThreadLock):
+    async def _release(self, lease: Lease) -> bool:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("kind", [FailingRelease, StuckRelease])
+async def test_a_failed_or_timed_out_release_is_reported_as_a_release(
+    kind: type[MemoryThreadLock], registry: CollectorRegistry
+) -> None:
+    async with kind(release_timeout=0.05) as lock:
+        lock.observer = PrometheusObserver(registry)
+        async with lock.hold("k", ttl=5):
+            assert value(registry, "threadlock_locks_held") == 1
+        assert value(registry, "threadlock_locks_held") == 0  # reported, outcome not released
+        assert value(registry, "threadlock_hold_seconds_count") == 1
+        with pytest.raises(ThreadBusy):  # the lease is still there until its TTL
+            await lock.acquire("k", timeout=0)
+
+
+async def test_a_release_cut_off_by_cancellation_is_reported_as_a_release(
+    registry: CollectorRegistry,
+) -> None:
+    async with StuckRelease(release_timeout=0.05) as lock:
+        lock.observer = PrometheusObserver(registry)
+        with anyio.CancelScope() as outer:
+            async with lock.hold("k", ttl=5):
+                outer.cancel()
+                await anyio.sleep_forever()
+        assert outer.cancelled_caught
+        assert value(registry, "threadlock_locks_held") == 0
+
+
 async def test_recovery_counts_orphaned_runs_cancelled(
     lock: MemoryThreadLock, registry: CollectorRegistry
 ) -> None:

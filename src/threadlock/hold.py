@@ -15,7 +15,16 @@ the context manager that SPEC §3.2 describes:
 4. with ``max_hold`` the body is cancelled once it has held the lock that long, and the block
    raises :class:`TimeoutError`.
 
-An exception raised by the body comes out as itself, never wrapped in an ``ExceptionGroup``.
+An exception raised by the body comes out as itself, never wrapped in an ``ExceptionGroup``,
+even when the lease was lost meanwhile (a note on it says so); ``LeaseLost`` is raised when
+the body ended because of the loss, or ended cleanly after it.
+
+A renewer never outlives its holder. It holds the :class:`Hold` only weakly: a ``Hold`` that is
+garbage-collected without a clean exit (an async generator dropped mid-stream, code that
+called ``__aenter__`` and lost the object) stops renewing at once and releases its lease on a
+best-effort basis. A block exited in another task than the one that entered it (an async
+generator closed by the event loop's finaliser) releases and stops renewing too, then raises
+:class:`RuntimeError` naming the cause: the cancel scopes it opened belong to the first task.
 
 It reports to the lock's observer (:mod:`threadlock.observe`) what only it can see: the
 ``hold_scope`` around the block, a lease that expired before a renewal got through, failed
@@ -24,9 +33,15 @@ renewals and releases. The lock itself reports acquire, renew, loss on renew and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import sys
+import time
+import weakref
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -50,6 +65,44 @@ DEFAULT_RELEASE_TIMEOUT = 5.0
 # called (the grant came after that, so the estimate errs early). A slower one is renewed at
 # once, before the body runs, and counted from that renewal.
 _QUICK_GRANT = 0.1
+
+_Wake = Callable[[Callable[[], object]], object]
+
+
+def _waker() -> _Wake | None:
+    """A thread-safe "run this soon on the current event loop", for use from a finaliser."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        pass
+    trio: Any = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return None
+        wake: _Wake = token.run_sync_soon
+        return wake
+    return None
+
+
+async def _release(
+    lock: ThreadLock, lease: Lease, timeout: float, observer: Observer, kind: str
+) -> None:
+    """Release within ``timeout`` s, shielded; report a failure, never raise one."""
+    failed: BaseException | None = None
+    with anyio.move_on_after(timeout, shield=True) as scope:
+        try:
+            await lock.release(lease)
+        except Exception as error:  # a failed release must not hide the body's outcome
+            failed = error
+    if failed is None and not scope.cancelled_caught:
+        return
+    observer.release_failed(kind, lease.key, lease.fence, failed, timeout)
+    # The lock reports only the releases that returned: report this one as not released, so
+    # a gauge of held leases does not count it forever (it expires by its TTL).
+    held_for = time.time() - lease.acquired_at
+    observer.released(kind, lease.key, lease.fence, max(held_for, 0.0), False)
 
 
 class Hold:
@@ -94,6 +147,8 @@ class Hold:
         self._entered = False
         self._stop: anyio.Event | None = None
         self._extending = False
+        self._task_id = 0  # the task that entered the block
+        self._wake: _Wake | None = None  # set while the block is open
         self._scope: Scope | None = None
         # A BaseThreadLock reports acquire/extend/release itself; any other lock does not,
         # so hold() reports a loss on extend for it.
@@ -146,8 +201,23 @@ class Hold:
         body.__enter__()
         self._body = body
         self._stop = anyio.Event()
-        group.start_soon(self._renew, self._stop, name="threadlock renew")
+        self._task_id = anyio.get_current_task().id
+        self._wake = _waker()
+        # The renewer holds this object only weakly, so that dropping it stops the renewal.
+        group.start_soon(
+            _renew, weakref.ref(self), self._stop, body, self.lease, name="threadlock renew"
+        )
         return lease
+
+    def __del__(self) -> None:
+        # Collected inside the block (never exited): the renewer finds its weak reference
+        # dead and stops at its next step; wake it now so that it releases the lease.
+        wake = getattr(self, "_wake", None)
+        stop = getattr(self, "_stop", None)
+        if wake is not None and stop is not None:
+            # RuntimeError: the event loop is closed, so nothing renews any more.
+            with contextlib.suppress(RuntimeError):
+                wake(stop.set)
 
     async def _confirm(self, lease: Lease) -> None:
         sent = anyio.current_time()
@@ -207,14 +277,22 @@ class Hold:
     ) -> None:
         assert self._group is not None
         assert self._body is not None
+        assert self._stop is not None
+        self._wake = None
+        if anyio.get_current_task().id != self._task_id:
+            await self._exit_elsewhere(exc)
         body = self._body
         # Closing the body scope swallows the cancellation it raised itself (lost lease or
-        # max_hold) and lets every other exception through untouched.
-        swallowed = bool(body.__exit__(exc_type, exc, tb))
+        # max_hold) and lets every other exception through untouched; out of an exception
+        # group it takes that cancellation and raises the rest.
+        original, swallowed = exc, False
+        try:
+            swallowed = bool(body.__exit__(exc_type, exc, tb))
+        except BaseException as rest:
+            exc = rest
         try:
             # Stopping the renewer by an event, not by cancelling its scope, is half the
             # cost of a hold() (anyio formats a reason for every cancel).
-            assert self._stop is not None
             self._stop.set()
             if self._extending:  # do not wait for a renewal round trip in flight
                 self._group.cancel_scope.cancel()
@@ -222,11 +300,17 @@ class Hold:
             await self._group.__aexit__(None, None, None)
         finally:
             await self._release()
+        if exc is not None and not swallowed:
+            if self._lost is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                # The body's own exception comes out as itself (a cancellation from outside
+                # wins too); the note tells that the lease was lost meanwhile.
+                exc.add_note(f"threadlock: {self._lost} (while the body ran)")
+            if exc is not original:
+                raise exc
+            return
         if self._lost is not None:
-            outer_cancel = not swallowed and isinstance(exc, anyio.get_cancelled_exc_class())
-            if not outer_cancel:  # a cancellation from outside still wins
-                raise self._lost from (None if swallowed else exc)
-        elif body.cancelled_caught:
+            raise self._lost from None
+        if body.cancelled_caught:
             if self._deadline < self._max_hold_at:  # the lease ran out before max_hold
                 assert self._lease is not None
                 lost = LeaseLost(self._key, self._lease.fence, "not renewed before it expired")
@@ -234,21 +318,32 @@ class Hold:
                 raise lost from None
             raise TimeoutError(f"hold({self._key!r}) exceeded max_hold={self._max_hold}s")
 
+    async def _exit_elsewhere(self, exc: BaseException | None) -> None:
+        """``__aexit__`` runs in another task than ``__aenter__``: stop, release, raise.
+
+        The body scope and the renewer's task group were entered in the first task and can
+        only be closed there, so they are left open, disarmed: the renewer stops without
+        touching them, and the body scope's deadline no longer fires into the first task.
+        """
+        assert self._stop is not None
+        assert self._body is not None
+        self._stop.set()
+        self._body.deadline = math.inf
+        await self._release()
+        raise RuntimeError(
+            f"hold({self._key!r}) was exited in a different task than the one that entered it "
+            "(typically an async generator holding the lock that was not closed by the code "
+            "iterating it, then closed by the event loop's finaliser or shutdown). The lease "
+            "was released and its renewal stopped, but the first task's cancel scopes could "
+            "not be closed. Close such a generator in the task that iterates it, e.g. with "
+            "contextlib.aclosing()."
+        ) from exc
+
     async def _release(self) -> None:
         lease = self._lease
         if lease is None:
             return
-        with anyio.move_on_after(self._release_timeout, shield=True) as scope:
-            try:
-                await self._lock.release(lease)
-            except Exception as error:  # a failed release must not hide the body's outcome
-                self._observer.release_failed(
-                    self._kind, lease.key, lease.fence, error, self._release_timeout
-                )
-        if scope.cancelled_caught:
-            self._observer.release_failed(
-                self._kind, lease.key, lease.fence, None, self._release_timeout
-            )
+        await _release(self._lock, lease, self._release_timeout, self._observer, self._kind)
 
     def _lose(self, error: LeaseLost, *, reported: bool) -> None:
         """Cancel the body; report the loss unless the lock already did."""
@@ -260,37 +355,73 @@ class Hold:
         assert self._body is not None
         self._body.cancel()
 
-    async def _renew(self, stop: anyio.Event) -> None:
-        """Renew until ``stop`` is set; on loss, cancel the body. It never raises."""
-        next_at = anyio.current_time() + self._renew_every
-        while True:
+
+async def _renew(
+    ref: weakref.ref[Hold], stop: anyio.Event, body: anyio.CancelScope, lease: Lease
+) -> None:
+    """Renew until ``stop`` is set; on loss, cancel the body. It never raises.
+
+    It holds the :class:`Hold` only weakly, and never across an await. Once the ``Hold`` is
+    collected without a clean exit it renews no more: it disarms the body scope's deadline
+    (which would fire into whatever task entered it) and releases the newest lease.
+    """
+    hold = ref()
+    if hold is None:  # dropped before the renewer even started
+        return
+    lock, renew_every = hold._lock, hold._renew_every
+    release = (hold._release_timeout, hold._observer, hold._kind)
+    next_at = anyio.current_time() + renew_every
+    del hold
+    while True:
+        try:
             with anyio.move_on_after(next_at - anyio.current_time()):
                 await stop.wait()
-            if stop.is_set():
-                return
-            assert self._lease is not None
-            sent = anyio.current_time()
-            left = self._deadline - sent
-            if left <= 0:
-                error = LeaseLost(self._key, self._lease.fence, "not renewed before it expired")
-                self._lose(error, reported=False)
-                return
-            self._extending = True
-            try:
-                with anyio.fail_after(left):
-                    lease = await self._lock.extend(self._lease)
-            except LeaseLost as error:
-                self._lose(error, reported=self._lock_reports)
-                return
-            except Exception as error:  # unreachable backend: retry until the lease expires
-                now = anyio.current_time()
-                self._observer.renew_failed(
-                    self._kind, self._key, self._lease.fence, error, max(0.0, self._deadline - now)
-                )
-                next_at = now + min(1.0, max(0.01, (self._deadline - now) / 4))
-                continue
-            finally:
-                self._extending = False
-            self._lease = lease
-            self._set_deadline(sent + lease.ttl)
-            next_at = sent + self._renew_every
+        except anyio.get_cancelled_exc_class():
+            if ref() is None:  # the task that entered the block ended without exiting it
+                await _release(lock, lease, *release)
+            raise
+        hold = ref()
+        if hold is None:
+            break
+        if stop.is_set():
+            return
+        sent = anyio.current_time()
+        left = hold._deadline - sent
+        if left <= 0:
+            error = LeaseLost(hold._key, lease.fence, "not renewed before it expired")
+            hold._lose(error, reported=False)
+            return
+        hold._extending = True
+        del hold
+        failed: Exception | None = None
+        try:
+            with anyio.fail_after(left):
+                renewed = await lock.extend(lease)
+        except Exception as error:
+            failed = error
+        hold = ref()
+        if hold is None:  # dropped during the round trip
+            if failed is None:
+                lease = renewed
+            break
+        hold._extending = False
+        if stop.is_set():  # exited meanwhile: touch nothing
+            return
+        if isinstance(failed, LeaseLost):
+            hold._lose(failed, reported=hold._lock_reports)
+            return
+        if failed is not None:  # unreachable backend: retry until the lease expires
+            now = anyio.current_time()
+            hold._observer.renew_failed(
+                hold._kind, hold._key, lease.fence, failed, max(0.0, hold._deadline - now)
+            )
+            next_at = now + min(1.0, max(0.01, (hold._deadline - now) / 4))
+            del hold
+            continue
+        lease = hold._lease = renewed
+        hold._set_deadline(sent + renewed.ttl)
+        next_at = sent + renew_every
+        del hold
+    # The Hold was collected without a clean exit: the block is over.
+    body.deadline = math.inf
+    await _release(lock, lease, *release)

@@ -64,7 +64,8 @@ class Observer:
         """An acquire is still queued after ``waited`` seconds (every ``waiting_interval``)."""
 
     def released(self, backend: str, key: str, fence: int, held_for: float, released: bool) -> None:
-        """``release`` returned ``released`` (``False``: the lease was no longer held).
+        """``release`` returned ``released`` (``False``: the lease was no longer held, or the
+        release at the end of ``hold()`` failed or timed out, after ``release_failed``).
 
         ``held_for`` is counted from the lease's ``acquired_at`` (the backend's clock) to this
         machine's clock, never below 0.

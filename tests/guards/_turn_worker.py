@@ -72,6 +72,9 @@ async def turn(
     backend: str, url: str, namespace: str, thread_id: str, run_id: str, ttl: float
 ) -> None:
     client = _canned_client(thread_id, run_id)
+    # The SDK builds its models on first use (about a second on a loaded machine, with the
+    # event loop blocked); pay that before the lease exists, so the renewal is never starved.
+    await client.beta.threads.runs.list(thread_id, limit=1)
     async with (
         open_backend(backend, url, namespace) as lock,
         guard_thread(client, thread_id, lock=lock, ttl=ttl) as guarded,

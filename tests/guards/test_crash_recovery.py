@@ -97,7 +97,7 @@ async def test_sigkilled_worker_run_is_recovered_and_a_live_one_skipped(
     live_thread = fake.add_thread()
     live_run = fake.add_run(live_thread, "in_progress", age=900)
 
-    crashed = _Worker(store, crashed_thread, crashed_run, ttl=1.0)
+    crashed = _Worker(store, crashed_thread, crashed_run, ttl=2.0)
     live = _Worker(store, live_thread, live_run, ttl=3.0)
     workers.extend([crashed, live])
     await crashed.ready()

@@ -1,3 +1,101 @@
-"""Shared test configuration. Server fixtures live beside the tests that use them."""
+"""Shared test configuration, and the private-server fixtures every folder can reach.
+
+The servers start on first use only (a memory-only run starts none). Where ``redis-server``
+or the Postgres binaries are missing the tests that need them skip with the reason; under
+``CI=true`` they fail instead, so a CI image without a server cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from tests._servers.postgres_server import PostgresServer, ServerUnavailable
+from tests._servers.redis_server import RedisServer
+
+from threadlock.backends.postgres import PostgresThreadLock
 
 pytest_plugins = ["pytester"]
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One server shared by the tests that do not restart or kill it."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A server of the test's own, which it may kill and restart."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh Redis key prefix, so every test starts from an empty backend."""
+    return f"tl-test-{uuid.uuid4().hex[:12]}"
+
+
+# -- Postgres: ONE throwaway cluster per session, one table per test -------------------------
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and the Postgres tests cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer.create()
+    except ServerUnavailable as error:
+        _unavailable(str(error))
+        raise  # unreachable
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server: PostgresServer) -> str:
+    return pg_server.dsn
+
+
+@pytest.fixture
+def pg_table() -> str:
+    """A fresh table name, so every test starts from an empty backend."""
+    return f"tl_{uuid.uuid4().hex[:16]}"
+
+
+@asynccontextmanager
+async def postgres_lock(dsn: str, table: str, **options: Any) -> AsyncIterator[PostgresThreadLock]:
+    """A ``PostgresThreadLock`` on ``table`` with its schema created, closed on exit."""
+    lock = PostgresThreadLock.from_url(dsn, table=table, **options)
+    await lock.create_schema()
+    try:
+        yield lock
+    finally:
+        await lock.aclose()

@@ -3,7 +3,6 @@
 python _pg_worker.py exclusion DSN TABLE KEY SECTIONS LOGFILE
 python _pg_worker.py waiter DSN TABLE KEY GRACE
 python _pg_worker.py schema DSN TABLE START_AT
-python _pg_worker.py run-holder DSN TABLE THREAD_ID RUN_ID TTL
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import time
 import anyio
 
 from threadlock.backends.postgres import PostgresThreadLock
-from threadlock.protocol import RunRecord
 
 
 async def exclusion(dsn: str, table: str, key: str, sections: int, logfile: str) -> None:
@@ -50,21 +48,6 @@ async def schema(dsn: str, table: str, start_at: float) -> None:
     print("ok", flush=True)
 
 
-async def run_holder(dsn: str, table: str, thread_id: str, run_id: str, ttl: float) -> None:
-    """A worker in the middle of a guarded turn: it holds the thread's lease (renewed by
-    hold()) and has recorded the run it started, then waits for the run to end (forever)."""
-    async with (
-        PostgresThreadLock.from_url(dsn, table=table) as lock,
-        lock.hold(thread_id, ttl=ttl, timeout=10.0) as lease,
-    ):
-        record = RunRecord(
-            thread_id, "run", run_id, thread_id, time.time(), lease.fence, lock.owner
-        )
-        await lock.track_run(record)
-        print(f"ready {lease.fence}", flush=True)
-        await anyio.sleep(3600)
-
-
 def main(argv: list[str]) -> None:
     mode, dsn, table = argv[1:4]
     if mode == "exclusion":
@@ -73,8 +56,6 @@ def main(argv: list[str]) -> None:
         anyio.run(waiter, dsn, table, argv[4], float(argv[5]))
     elif mode == "schema":
         anyio.run(schema, dsn, table, float(argv[4]))
-    elif mode == "run-holder":
-        anyio.run(run_holder, dsn, table, argv[4], argv[5], float(argv[6]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -1,14 +1,15 @@
-"""The Postgres backend through the whole conformance suite (asyncio: psycopg's async
-connections run on asyncio only)."""
+"""The Postgres backend through the conformance suites (lock, run registry, chain heads);
+asyncio: psycopg's async connections run on asyncio only."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from tests.conftest import postgres_lock
 
 from threadlock.backends.postgres import PostgresThreadLock
-from threadlock.testing import BackendConformance
+from threadlock.testing import BackendConformance, ChainConformance, RegistryConformance
 
 
 class TestPostgresConformance(BackendConformance):
@@ -16,9 +17,25 @@ class TestPostgresConformance(BackendConformance):
     async def lock(self, pg_dsn: str, pg_table: str) -> AsyncIterator[PostgresThreadLock]:
         # grace=30: the heartbeat re-check (grace/3) stays far beyond handoff_bound, so the
         # hand-off tests see the notification path, not the fallback.
-        backend = PostgresThreadLock.from_url(pg_dsn, table=pg_table, max_size=20, grace=30.0)
-        await backend.create_schema()
-        try:
+        async with postgres_lock(pg_dsn, pg_table, max_size=20, grace=30.0) as backend:
             yield backend
-        finally:
-            await backend.aclose()
+
+
+class _Postgres:
+    """A fresh table per test; ``reopen`` is another instance on the same table."""
+
+    @pytest.fixture
+    async def lock(self, pg_lock: PostgresThreadLock) -> PostgresThreadLock:
+        return pg_lock
+
+    @pytest.fixture
+    def reopen(self, pg_dsn: str, pg_table: str) -> Callable[[], PostgresThreadLock]:
+        return lambda: PostgresThreadLock.from_url(pg_dsn, table=pg_table)
+
+
+class TestPostgresRegistry(_Postgres, RegistryConformance):
+    pass
+
+
+class TestPostgresChains(_Postgres, ChainConformance):
+    pass

@@ -1,4 +1,9 @@
-"""The run registry and the chain heads on Postgres, and the upgrade from schema version 1."""
+"""The run registry and the chain heads on Postgres: their tables, and the upgrade from schema
+version 1.
+
+What every registry and chain store must do is checked by RegistryConformance and
+ChainConformance (test_postgres_conformance.py); this module keeps what only Postgres has.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,13 @@ import time
 import zlib
 from pathlib import Path
 
-import anyio
 import psycopg
 import pytest
 from psycopg import sql
 
-from threadlock import BackendError, Lease, ThreadBusy
+from threadlock import BackendError, ThreadBusy
 from threadlock.backends.postgres import SCHEMA_VERSION, PostgresThreadLock
-from threadlock.protocol import ChainStore, RunRecord, RunRegistry
+from threadlock.testing.registry_conformance import run_record
 
 pytestmark = pytest.mark.anyio
 
@@ -25,70 +29,10 @@ WORKER = HERE / "_pg_worker.py"
 V1_SQL = HERE / "postgres_schema_v1.sql"
 
 
-def _record(key: str, run_id: str, created_at: float, **changes: object) -> RunRecord:
-    fields: dict[str, object] = {
-        "key": key,
-        "kind": "run",
-        "run_id": run_id,
-        "thread_id": key,
-        "created_at": created_at,
-        "fence": 7,
-        "owner": "host:1:task",
-    }
-    fields.update(changes)
-    return RunRecord(**fields)  # type: ignore[arg-type]
-
-
 async def _query(dsn: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(query.encode(), params)
         return await cur.fetchall() if cur.description else []
-
-
-async def test_is_a_run_registry_and_chain_store(pg_lock: PostgresThreadLock) -> None:
-    assert isinstance(pg_lock, RunRegistry)
-    assert isinstance(pg_lock, ChainStore)
-
-
-async def test_registry_round_trip_across_two_instances(pg_dsn: str, pg_table: str) -> None:
-    async with (
-        PostgresThreadLock.from_url(pg_dsn, table=pg_table) as one,
-        PostgresThreadLock.from_url(pg_dsn, table=pg_table) as two,
-    ):
-        await one.create_schema()
-        first = _record("thread_a", "run_1", 100.0)
-        second = _record("thread_a", "run_2", 50.0, kind="response", thread_id="conv_a")
-        other = _record("thread_b", "run_3", 75.0, fence=9, owner="elsewhere")
-        for record in (first, second, other):
-            await one.track_run(record)
-        # Per key: in the order recorded. All keys: oldest created_at first.
-        assert await two.tracked_runs("thread_a") == [first, second]
-        assert await two.tracked_runs() == [second, other, first]
-        assert await two.tracked_runs("nothing") == []
-        # Recording the same key and run id again replaces it and keeps its place.
-        again = _record("thread_a", "run_1", 100.0, fence=8, owner="retry")
-        await two.track_run(again)
-        assert await one.tracked_runs("thread_a") == [again, second]
-        await two.untrack_run("thread_a", "run_1")
-        await two.untrack_run("thread_a", "run_1")  # missing: not an error
-        await two.untrack_run("thread_zzz", "run_1")
-        assert await one.tracked_runs() == [second, other]
-        await one.untrack_run("thread_a", "run_2")
-        await one.untrack_run("thread_b", "run_3")
-        assert await two.tracked_runs() == []
-
-
-async def test_registry_and_chain_heads_survive_a_new_instance(pg_dsn: str, pg_table: str) -> None:
-    record = _record("thread_a", "run_1", time.time())
-    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as first:
-        await first.create_schema()
-        await first.track_run(record)
-        lease = await first.acquire("chain-1", ttl=30.0)
-        assert await first.advance_chain(lease, None, "resp_1")
-        # Closed without releasing or untracking, as a crashed process would leave it.
-    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as fresh:
-        assert await fresh.tracked_runs() == [record]
-        assert await fresh.chain_head("chain-1") == "resp_1"
 
 
 async def test_registry_tables_stay_logged_with_unlogged_leases(pg_dsn: str, pg_table: str) -> None:
@@ -105,116 +49,6 @@ async def test_registry_tables_stay_logged_with_unlogged_leases(pg_dsn: str, pg_
         f"{pg_table}_runs": "p",
         f"{pg_table}_chains": "p",
     }
-
-
-async def test_registry_and_chain_arguments_are_checked(pg_lock: PostgresThreadLock) -> None:
-    lease = await pg_lock.acquire("k", ttl=30.0)
-    with pytest.raises(TypeError, match="record"):
-        await pg_lock.track_run(("k", "run", "r"))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="key"):
-        await pg_lock.untrack_run("", "run_1")
-    with pytest.raises(ValueError, match="run_id"):
-        await pg_lock.untrack_run("k", "")
-    with pytest.raises(TypeError, match="run_id"):
-        await pg_lock.untrack_run("k", 3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="key"):
-        await pg_lock.tracked_runs("a\x00b")
-    with pytest.raises(ValueError, match="key"):
-        await pg_lock.chain_head("")
-    with pytest.raises(TypeError, match="lease"):
-        await pg_lock.advance_chain("k", None, "resp_1")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="new"):
-        await pg_lock.advance_chain(lease, None, "")
-    assert await pg_lock.chain_head("k") is None  # nothing was written
-    assert await pg_lock.release(lease)
-    await pg_lock.aclose()
-    with pytest.raises(BackendError, match="closed"):
-        await pg_lock.tracked_runs()
-    with pytest.raises(BackendError, match="closed"):
-        await pg_lock.chain_head("k")
-
-
-async def test_advance_chain_is_compare_and_set_under_the_lease(
-    pg_lock: PostgresThreadLock,
-) -> None:
-    lease = await pg_lock.acquire("chain", ttl=30.0)
-    assert await pg_lock.chain_head("chain") is None
-    assert await pg_lock.advance_chain(lease, None, "resp_1")
-    assert not await pg_lock.advance_chain(lease, None, "resp_x")  # the head is no longer None
-    assert not await pg_lock.advance_chain(lease, "resp_0", "resp_x")  # moved head
-    assert await pg_lock.advance_chain(lease, "resp_1", "resp_2")
-    assert await pg_lock.chain_head("chain") == "resp_2"
-    # Renewals keep the token: the renewed lease still advances.
-    lease = await pg_lock.extend(lease)
-    assert await pg_lock.advance_chain(lease, "resp_2", "resp_3")
-    assert await pg_lock.release(lease)
-    # A released lease is stale, even with the right head.
-    assert not await pg_lock.advance_chain(lease, "resp_3", "resp_4")
-    assert await pg_lock.chain_head("chain") == "resp_3"
-
-
-async def test_advance_chain_refuses_an_expired_or_superseded_lease(
-    pg_lock: PostgresThreadLock,
-) -> None:
-    old = await pg_lock.acquire("chain", ttl=0.2)
-    assert await pg_lock.advance_chain(old, None, "resp_1")
-    await anyio.sleep(0.3)
-    # Expired, and nobody took the key since: still refused.
-    assert not await pg_lock.advance_chain(old, "resp_1", "resp_2")
-    new = await pg_lock.acquire("chain", ttl=30.0, timeout=0)
-    assert not await pg_lock.advance_chain(old, "resp_1", "resp_2")  # someone else holds it
-    forged = Lease(old.key, "not-the-token", new.fence, new.ttl, new.acquired_at, new.expires_at)
-    assert not await pg_lock.advance_chain(forged, "resp_1", "resp_2")
-    assert await pg_lock.advance_chain(new, "resp_1", "resp_2")
-    assert await pg_lock.chain_head("chain") == "resp_2"
-    assert await pg_lock.release(new)
-
-
-async def test_advance_chain_races_one_winner(pg_dsn: str, pg_table: str) -> None:
-    # Many tasks and two instances race the same CAS with one live lease: one wins.
-    async with (
-        PostgresThreadLock.from_url(pg_dsn, table=pg_table) as one,
-        PostgresThreadLock.from_url(pg_dsn, table=pg_table) as two,
-    ):
-        await one.create_schema()
-        lease = await one.acquire("chain", ttl=30.0)
-        wins: list[bool] = []
-
-        async def attempt(lock: PostgresThreadLock, index: int) -> None:
-            wins.append(await lock.advance_chain(lease, None, f"resp_{index}"))
-
-        async with anyio.create_task_group() as tg:
-            for index in range(10):
-                tg.start_soon(attempt, one if index % 2 else two, index)
-        assert wins.count(True) == 1
-        assert await one.release(lease)
-
-
-async def test_run_id_shows_the_newest_tracked_run_in_inspect_held_and_busy(
-    pg_lock: PostgresThreadLock,
-) -> None:
-    lease = await pg_lock.acquire("thread_a", ttl=30.0)
-    info = await pg_lock.inspect("thread_a")
-    assert info is not None
-    assert info.run_id is None
-    now = time.time()
-    await pg_lock.track_run(_record("thread_a", "run_1", now, fence=lease.fence))
-    await pg_lock.track_run(_record("thread_a", "run_2", now - 10, fence=lease.fence))
-    await pg_lock.track_run(_record("thread_b", "run_9", now))  # not held: not listed
-    info = await pg_lock.inspect("thread_a")
-    assert info is not None
-    assert info.run_id == "run_2"  # the newest recorded, whatever its created_at
-    assert [(i.key, i.run_id) for i in await pg_lock.held()] == [("thread_a", "run_2")]
-    with pytest.raises(ThreadBusy) as busy:
-        await pg_lock.acquire("thread_a", ttl=30.0, timeout=0)
-    assert busy.value.holder is not None
-    assert busy.value.holder.run_id == "run_2"
-    await pg_lock.untrack_run("thread_a", "run_2")
-    info = await pg_lock.inspect("thread_a")
-    assert info is not None
-    assert info.run_id == "run_1"
-    assert await pg_lock.release(lease)
-    assert await pg_lock.inspect("thread_a") is None  # free: no info, whatever is tracked
 
 
 # -- upgrading from schema version 1 ---------------------------------------------------------
@@ -307,7 +141,7 @@ async def test_version_1_schema_is_upgraded_in_place(pg_dsn: str, pg_table: str)
         with pytest.raises(ThreadBusy):
             await lock.acquire("kept", ttl=5.0, timeout=0)
         # The registry and chain heads work; fences keep rising.
-        await lock.track_run(_record("kept", "run_1", time.time(), fence=v1_fence))
+        await lock.track_run(run_record("kept", "run_1", time.time(), fence=v1_fence))
         info = await lock.inspect("kept")
         assert info is not None
         assert info.run_id == "run_1"

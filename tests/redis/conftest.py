@@ -1,44 +1,12 @@
-"""Fixtures for the Redis backend tests: private redis-server processes, fresh prefixes."""
+"""Fixtures for the Redis backend tests (the servers and prefixes are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from _servers.redis_server import RedisServer
 from threadlock.backends.redis import RedisThreadLock
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One server shared by the tests that do not restart or kill it."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A server of the test's own, which it may kill and restart."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"tl-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""Testing support: the backend conformance suite and a fake OpenAI for bots' own tests.
+"""Testing support: the conformance suites (lock, run registry, chain heads) and a fake
+OpenAI for bots' own tests.
 
-Both are imported lazily, so ``import threadlock.testing`` needs neither pytest nor anything
+All are imported lazily, so ``import threadlock.testing`` needs neither pytest nor anything
 else beyond threadlock's own dependencies.
 """
 
@@ -11,13 +12,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from threadlock.testing.conformance import BackendConformance, backend_conformance
     from threadlock.testing.fake_openai import FakeOpenAI
+    from threadlock.testing.registry_conformance import ChainConformance, RegistryConformance
 
-__all__ = ["BackendConformance", "FakeOpenAI", "backend_conformance"]
+__all__ = [
+    "BackendConformance",
+    "ChainConformance",
+    "FakeOpenAI",
+    "RegistryConformance",
+    "backend_conformance",
+]
 
 _WHERE = {
     "BackendConformance": "threadlock.testing.conformance",
     "backend_conformance": "threadlock.testing.conformance",
     "FakeOpenAI": "threadlock.testing.fake_openai",
+    "RegistryConformance": "threadlock.testing.registry_conformance",
+    "ChainConformance": "threadlock.testing.registry_conformance",
 }
 
 

@@ -1,9 +1,12 @@
-"""The OpenAI guards, through the real AsyncOpenAI against FakeOpenAI, on the memory backend."""
+"""The OpenAI guards, through the real AsyncOpenAI against FakeOpenAI, on every backend.
+
+The ``lock`` fixture (``conftest.py``) runs each test on memory, Redis and Postgres.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import openai
@@ -14,18 +17,13 @@ from threadlock.openai import guard_conversation, guard_thread
 from threadlock.openai.guard import RUN_TOKEN_METADATA
 from threadlock.testing import FakeOpenAI
 
+if TYPE_CHECKING:
+    from threadlock.backends.postgres import PostgresThreadLock
+    from threadlock.backends.redis import RedisThreadLock
+
+    Backend = MemoryThreadLock | RedisThreadLock | PostgresThreadLock
+
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def lock() -> AsyncIterator[MemoryThreadLock]:
-    async with MemoryThreadLock() as backend:
-        yield backend
 
 
 def _assert_served(accepted: list[str], count: int, lock: ThreadLock) -> None:
@@ -139,7 +137,7 @@ async def test_threads_burst_without_and_with_the_lock(lock: ThreadLock) -> None
     assert await lock.tracked_runs() == []  # type: ignore[attr-defined]
 
 
-async def test_thread_waits_for_a_run_left_by_another_process(lock: MemoryThreadLock) -> None:
+async def test_thread_waits_for_a_run_left_by_another_process(lock: Backend) -> None:
     fake = FakeOpenAI(poll_after_ms=10)
     client = fake.client()
     thread = fake.add_thread()
@@ -152,7 +150,7 @@ async def test_thread_waits_for_a_run_left_by_another_process(lock: MemoryThread
     assert fake.concurrency_errors == 0
 
 
-async def test_requires_action_is_not_free(lock: MemoryThreadLock) -> None:
+async def test_requires_action_is_not_free(lock: Backend) -> None:
     fake = FakeOpenAI(poll_after_ms=10)
     client = fake.client()
     thread = fake.add_thread()
@@ -166,7 +164,7 @@ async def test_requires_action_is_not_free(lock: MemoryThreadLock) -> None:
 
 
 async def test_requires_action_inside_the_turn_submits_tool_outputs(
-    lock: MemoryThreadLock,
+    lock: Backend,
 ) -> None:
     fake = FakeOpenAI(run_duration=0.05, poll_after_ms=5)
     client = fake.client()
@@ -184,7 +182,7 @@ async def test_requires_action_inside_the_turn_submits_tool_outputs(
 
 
 async def test_conversation_locked_from_outside_is_retried_once_per_input(
-    lock: MemoryThreadLock,
+    lock: Backend,
 ) -> None:
     fake = FakeOpenAI(response_duration=0.4)
     client = fake.client()
@@ -207,7 +205,7 @@ async def test_conversation_locked_from_outside_is_retried_once_per_input(
     assert sorted(fake.conversation_inputs(conversation)) == ["inside", "outside"]
 
 
-async def test_conversation_locked_retries_end_in_thread_busy(lock: MemoryThreadLock) -> None:
+async def test_conversation_locked_retries_end_in_thread_busy(lock: Backend) -> None:
     fake = FakeOpenAI()
     client = fake.client()
     conversation = fake.add_conversation()
@@ -219,7 +217,7 @@ async def test_conversation_locked_retries_end_in_thread_busy(lock: MemoryThread
     assert await lock.inspect(conversation) is None
 
 
-async def test_lost_run_create_is_reconciled_without_a_duplicate(lock: MemoryThreadLock) -> None:
+async def test_lost_run_create_is_reconciled_without_a_duplicate(lock: Backend) -> None:
     fake = FakeOpenAI(run_duration=0.05, poll_after_ms=5)
     client = fake.client()
     thread = fake.add_thread()
@@ -234,7 +232,7 @@ async def test_lost_run_create_is_reconciled_without_a_duplicate(lock: MemoryThr
     assert fake.calls["POST /threads/{thread_id}/runs"] == 1
 
 
-async def test_failed_run_create_without_effect_is_retried(lock: MemoryThreadLock) -> None:
+async def test_failed_run_create_without_effect_is_retried(lock: Backend) -> None:
     fake = FakeOpenAI(run_duration=0.05, poll_after_ms=5)
     client = fake.client()
     thread = fake.add_thread()
@@ -247,7 +245,7 @@ async def test_failed_run_create_without_effect_is_retried(lock: MemoryThreadLoc
     assert fake.calls["POST /threads/{thread_id}/runs"] == 2
 
 
-async def test_previous_response_chain_never_branches(lock: MemoryThreadLock) -> None:
+async def test_previous_response_chain_never_branches(lock: Backend) -> None:
     fake = FakeOpenAI(response_duration=0.01)
     client = fake.client()
 
@@ -264,7 +262,7 @@ async def test_previous_response_chain_never_branches(lock: MemoryThreadLock) ->
     assert len(fake.response_chain(head)) == 8
 
 
-async def test_background_responses_are_tracked_and_waited_for(lock: MemoryThreadLock) -> None:
+async def test_background_responses_are_tracked_and_waited_for(lock: Backend) -> None:
     fake = FakeOpenAI(background_duration=0.3)
     client = fake.client()
     conversation = fake.add_conversation()
@@ -291,7 +289,7 @@ async def test_background_responses_are_tracked_and_waited_for(lock: MemoryThrea
         assert await lock.tracked_runs(conversation) == []
 
 
-async def test_lease_is_renewed_through_a_long_run(lock: MemoryThreadLock) -> None:
+async def test_lease_is_renewed_through_a_long_run(lock: Backend) -> None:
     fake = FakeOpenAI(run_duration=1.2, poll_after_ms=20)
     client = fake.client()
     thread = fake.add_thread()
@@ -304,7 +302,7 @@ async def test_lease_is_renewed_through_a_long_run(lock: MemoryThreadLock) -> No
         assert info.fence == fence
 
 
-async def test_cancelling_mid_run_releases_the_lock(lock: MemoryThreadLock) -> None:
+async def test_cancelling_mid_run_releases_the_lock(lock: Backend) -> None:
     fake = FakeOpenAI(run_duration=5.0, poll_after_ms=10)
     client = fake.client()
     thread = fake.add_thread()
@@ -331,7 +329,7 @@ async def test_cancelling_mid_run_releases_the_lock(lock: MemoryThreadLock) -> N
     assert [r.run_id for r in await lock.tracked_runs(thread)] == started
 
 
-async def test_guard_checks_its_arguments(lock: MemoryThreadLock) -> None:
+async def test_guard_checks_its_arguments(lock: Backend) -> None:
     fake = FakeOpenAI()
     client = fake.client()
     with pytest.raises(TypeError, match="client"):
@@ -363,7 +361,7 @@ async def test_guard_checks_its_arguments(lock: MemoryThreadLock) -> None:
     assert await lock.held() == []
 
 
-async def test_lost_lease_inside_a_guard_raises_lease_lost(lock: MemoryThreadLock) -> None:
+async def test_lost_lease_inside_a_guard_raises_lease_lost(lock: Backend) -> None:
     fake = FakeOpenAI(run_duration=2.0, poll_after_ms=10)
     client = fake.client()
     thread = fake.add_thread()

@@ -1,9 +1,10 @@
-"""recover_orphaned_runs against FakeOpenAI, on the memory backend."""
+"""recover_orphaned_runs against FakeOpenAI, on every backend (the ``lock`` fixture of
+``conftest.py``: memory, Redis and Postgres)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -13,21 +14,16 @@ from threadlock.openai import guard_conversation, guard_thread, recover_orphaned
 from threadlock.protocol import RunRecord
 from threadlock.testing import FakeOpenAI
 
+if TYPE_CHECKING:
+    from threadlock.backends.postgres import PostgresThreadLock
+    from threadlock.backends.redis import RedisThreadLock
+
+    Backend = MemoryThreadLock | RedisThreadLock | PostgresThreadLock
+
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def lock() -> AsyncIterator[MemoryThreadLock]:
-    async with MemoryThreadLock() as backend:
-        yield backend
-
-
-async def _orphan_run(fake: FakeOpenAI, lock: MemoryThreadLock, age: float) -> tuple[str, str]:
+async def _orphan_run(fake: FakeOpenAI, lock: Backend, age: float) -> tuple[str, str]:
     """A run recorded in the registry by a worker that then died (no lease left)."""
     thread = fake.add_thread()
     run = fake.add_run(thread, "in_progress", age=age)
@@ -35,7 +31,7 @@ async def _orphan_run(fake: FakeOpenAI, lock: MemoryThreadLock, age: float) -> t
     return thread, run
 
 
-async def test_cancels_orphans_and_skips_live_leases(lock: MemoryThreadLock) -> None:
+async def test_cancels_orphans_and_skips_live_leases(lock: Backend) -> None:
     fake = FakeOpenAI(cancel_duration=0)
     client = fake.client()
     orphan_thread, orphan = await _orphan_run(fake, lock, age=900)
@@ -61,7 +57,7 @@ async def test_cancels_orphans_and_skips_live_leases(lock: MemoryThreadLock) -> 
     assert [i.key for i in await lock.held()] == [live_thread]  # and released its own
 
 
-async def test_dry_run_changes_nothing(lock: MemoryThreadLock) -> None:
+async def test_dry_run_changes_nothing(lock: Backend) -> None:
     fake = FakeOpenAI()
     client = fake.client()
     _, orphan = await _orphan_run(fake, lock, age=900)
@@ -75,7 +71,7 @@ async def test_dry_run_changes_nothing(lock: MemoryThreadLock) -> None:
 
 
 async def test_terminal_run_and_vanished_thread_count_as_resolved(
-    lock: MemoryThreadLock,
+    lock: Backend,
 ) -> None:
     fake = FakeOpenAI()
     client = fake.client()
@@ -89,7 +85,7 @@ async def test_terminal_run_and_vanished_thread_count_as_resolved(
     assert await lock.tracked_runs() == []
 
 
-async def test_cannot_cancel_answer_counts_as_terminal(lock: MemoryThreadLock) -> None:
+async def test_cannot_cancel_answer_counts_as_terminal(lock: Backend) -> None:
     fake = FakeOpenAI()
     client = fake.client()
     _, orphan = await _orphan_run(fake, lock, age=900)
@@ -112,7 +108,7 @@ async def test_cannot_cancel_answer_counts_as_terminal(lock: MemoryThreadLock) -
     assert await lock.tracked_runs() == []
 
 
-async def test_injected_429s_are_retried(lock: MemoryThreadLock) -> None:
+async def test_injected_429s_are_retried(lock: Backend) -> None:
     fake = FakeOpenAI(cancel_duration=0)
     client = fake.client()
     _, orphan = await _orphan_run(fake, lock, age=900)
@@ -125,7 +121,7 @@ async def test_injected_429s_are_retried(lock: MemoryThreadLock) -> None:
     assert fake.run_status(orphan) == "cancelled"
 
 
-async def test_persistent_failure_is_reported_not_raised(lock: MemoryThreadLock) -> None:
+async def test_persistent_failure_is_reported_not_raised(lock: Backend) -> None:
     fake = FakeOpenAI()
     client = fake.client()
     _, orphan = await _orphan_run(fake, lock, age=900)
@@ -137,7 +133,7 @@ async def test_persistent_failure_is_reported_not_raised(lock: MemoryThreadLock)
     assert await lock.held() == []
 
 
-async def test_at_most_concurrency_calls_at_once(lock: MemoryThreadLock) -> None:
+async def test_at_most_concurrency_calls_at_once(lock: Backend) -> None:
     fake = FakeOpenAI(cancel_duration=0, latency=0.01)
     client = fake.client()
     orphans = [(await _orphan_run(fake, lock, age=900))[1] for _ in range(30)]
@@ -147,7 +143,7 @@ async def test_at_most_concurrency_calls_at_once(lock: MemoryThreadLock) -> None
     assert fake.max_in_flight >= 2  # and it did run calls side by side
 
 
-async def test_background_responses_are_cancelled(lock: MemoryThreadLock) -> None:
+async def test_background_responses_are_cancelled(lock: Backend) -> None:
     fake = FakeOpenAI()
     client = fake.client()
     conversation = fake.add_conversation()
@@ -161,7 +157,7 @@ async def test_background_responses_are_cancelled(lock: MemoryThreadLock) -> Non
     assert await lock.tracked_runs() == []
 
 
-async def test_caller_thread_ids_are_checked_too(lock: MemoryThreadLock) -> None:
+async def test_caller_thread_ids_are_checked_too(lock: Backend) -> None:
     fake = FakeOpenAI(cancel_duration=0)
     client = fake.client()
     thread = fake.add_thread()
@@ -171,7 +167,7 @@ async def test_caller_thread_ids_are_checked_too(lock: MemoryThreadLock) -> None
     assert report.checked == [thread]
 
 
-async def test_a_guarded_turn_left_running_is_recovered(lock: MemoryThreadLock) -> None:
+async def test_a_guarded_turn_left_running_is_recovered(lock: Backend) -> None:
     fake = FakeOpenAI(run_duration=600, cancel_duration=0, poll_after_ms=10)
     client = fake.client()
     thread = fake.add_thread()
@@ -187,7 +183,7 @@ async def test_a_guarded_turn_left_running_is_recovered(lock: MemoryThreadLock) 
     assert await lock.tracked_runs() == []
 
 
-async def test_arguments_are_checked(lock: MemoryThreadLock) -> None:
+async def test_arguments_are_checked(lock: Backend) -> None:
     client = FakeOpenAI().client()
     with pytest.raises(ValueError, match="max_age"):
         await recover_orphaned_runs(client, lock=lock, max_age=-1)

@@ -63,7 +63,9 @@ async def _burst(
 
 
 async def test_conversations_burst_without_and_with_the_lock(lock: ThreadLock) -> None:
-    fake = FakeOpenAI(response_duration=0.02)
+    # Unguarded, each response takes long enough that a second worker on the same
+    # conversation always arrives while it is in progress, however loaded the machine.
+    fake = FakeOpenAI(response_duration=1.0)
     client = fake.client()
     conversations = [fake.add_conversation() for _ in range(5)]
     errors = 0
@@ -83,6 +85,7 @@ async def test_conversations_burst_without_and_with_the_lock(lock: ThreadLock) -
     assert fake.concurrency_errors == errors
 
     fake.reset_counters()
+    fake.response_duration = 0.02
     guarded_conversations = [fake.add_conversation() for _ in range(5)]
 
     async def guarded(conversation: str, seq: int) -> None:
@@ -99,7 +102,9 @@ async def test_conversations_burst_without_and_with_the_lock(lock: ThreadLock) -
 
 
 async def test_threads_burst_without_and_with_the_lock(lock: ThreadLock) -> None:
-    fake = FakeOpenAI(run_duration=0.03, poll_after_ms=5)
+    # Unguarded, each run lasts long enough that a second worker on the same thread always
+    # arrives while it is active, however loaded the machine.
+    fake = FakeOpenAI(run_duration=1.0, poll_after_ms=5)
     client = fake.client()
     threads = [fake.add_thread() for _ in range(5)]
     errors = 0
@@ -119,6 +124,7 @@ async def test_threads_burst_without_and_with_the_lock(lock: ThreadLock) -> None
     assert fake.concurrency_errors == errors
 
     fake.reset_counters()
+    fake.run_duration = 0.03
     guarded_threads = [fake.add_thread() for _ in range(5)]
 
     async def guarded(thread: str, seq: int) -> None:

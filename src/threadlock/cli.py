@@ -9,25 +9,33 @@ Exit codes:
 * 3: the backend could not be reached or is misconfigured;
 * 4: the OpenAI API could not be reached or refused the key.
 
-Errors are one line on stderr, never a traceback.
+Errors are one line on stderr, never a traceback. ``status`` and ``recover`` refuse the
+in-process memory backend (exit 2): from a separate process it would see nothing, and its "no
+locks held" would be a false all-clear.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 
 from threadlock._lease import LockInfo
-from threadlock.backends import from_env, from_url
+from threadlock._version import __version__
+from threadlock.backends import from_url, url_from_env
 from threadlock.backends.base import BaseThreadLock
 from threadlock.errors import BackendError
+from threadlock.observe import Observer, combine
 
 __all__ = ["main"]
 
@@ -37,9 +45,79 @@ EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EXIT_OPENAI = 4
 
+#: From the command line a dead Postgres is reported within about this many seconds: the
+#: pool's wait for a connection, and (unless the URL sets one) libpq's ``connect_timeout``.
+PG_POOL_TIMEOUT = 2.0
+PG_CONNECT_TIMEOUT = 2
+#: The bound on the one call ``recover`` makes first to check that OpenAI answers.
+OPENAI_CHECK_TIMEOUT = 10.0
 
-def _backend(url: str | None) -> BaseThreadLock:
-    return from_url(url) if url else from_env()
+_PG_SCHEMES = ("postgresql", "postgres")
+_QUIET_LOGGERS = ("psycopg.pool", "psycopg")
+
+
+class OpenAIUnreachable(Exception):
+    """``recover`` could not reach the OpenAI API at all (exit 4)."""
+
+
+def _shared_url(url: str | None, command: str) -> str:
+    """The backend URL for ``status``/``recover``: named, and not the in-process memory one."""
+    url = url or url_from_env()
+    if url is None:
+        raise ValueError(
+            f"{command} needs the backend your workers use: pass --url redis://HOST:6379/0 or "
+            "--url postgresql://..., or set THREADLOCK_URL (the in-process memory backend "
+            "would see nothing from here)"
+        )
+    if urlsplit(url).scheme.lower() == "memory":
+        raise ValueError(
+            f"{command}: memory:// lives inside one process, so from the command line it sees "
+            "nothing; pass --url redis://... or --url postgresql://... (the backend your "
+            "workers use)"
+        )
+    return url
+
+
+def _with_connect_timeout(url: str) -> str:
+    """``url`` with libpq's ``connect_timeout`` set, unless it already sets one."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "connect_timeout" for name, _ in query):
+        return url
+    query.append(("connect_timeout", str(PG_CONNECT_TIMEOUT)))
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def _backend(url: str, **options: Any) -> BaseThreadLock:
+    """The backend for ``url``; a Postgres one fails fast, as a command line should."""
+    if urlsplit(url).scheme.lower() in _PG_SCHEMES:
+        return from_url(_with_connect_timeout(url), pool_timeout=PG_POOL_TIMEOUT, **options)
+    return from_url(url, **options)
+
+
+@contextmanager
+def _quiet_driver_logs() -> Iterator[None]:
+    """Keep psycopg_pool's repeated connection warnings off the terminal (one line, not 17)."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in _QUIET_LOGGERS]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def _progress(text: str) -> None:
+    print(f"threadlock: {text}", file=sys.stderr, flush=True)
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(text, width=78)
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def _status_rows(infos: list[LockInfo], now: float) -> list[dict[str, object]]:
@@ -70,7 +148,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with _backend(args.url) as lock:
+    async with _backend(_shared_url(args.url, "status")) as lock:
         infos = await lock.held()
     rows = _status_rows(infos, time.time())
     if args.json:
@@ -89,24 +167,66 @@ async def _demo(args: argparse.Namespace) -> int:
         messages=args.messages,
         workers=args.workers,
         live=args.live,
+        as_json=args.json,
     )
 
 
 def _openai_client(args: argparse.Namespace) -> Any:
-    """The OpenAI client for ``recover``: ``OPENAI_API_KEY``, and ``--base-url`` if given."""
+    """The OpenAI client for ``recover``: ``OPENAI_API_KEY``, and ``--base-url`` if given.
+
+    The SDK's own retries are off: recovery retries 429/5xx itself, with backoff.
+    """
     import openai
 
     key = os.environ.get("OPENAI_API_KEY")
     if not key:
         raise ValueError("recover needs OPENAI_API_KEY in the environment")
-    return openai.AsyncOpenAI(api_key=key, base_url=args.base_url)
+    return openai.AsyncOpenAI(api_key=key, base_url=args.base_url, max_retries=0)
+
+
+async def _check_openai(client: Any) -> None:
+    """One cheap call first, so that an unreachable API or a refused key is exit 4 at once.
+
+    Only "no answer" and 401 stop here; any other answer (a 404 from a server without
+    ``/models``, a 403 from a key restricted to some endpoints) shows the API is there.
+    """
+    import openai
+
+    probe = client.with_options(max_retries=0, timeout=OPENAI_CHECK_TIMEOUT)
+    try:
+        await probe.models.list()
+    except openai.APIConnectionError as error:  # APITimeoutError included
+        raise OpenAIUnreachable(
+            f"could not reach the OpenAI API at {client.base_url}: {_one_line(error)}"
+        ) from error
+    except openai.AuthenticationError:
+        raise
+    except openai.APIStatusError:
+        pass
+
+
+class _RecoveryProgress(Observer):
+    """Progress lines on stderr while ``recover`` works: retries and cancellations."""
+
+    def recovery_retry(self, what: str, error: str, delay: float) -> None:
+        _progress(f"recover: {what}: {error}, retrying in {delay:.1f} s")
+
+    def orphan_cancelled(self, backend: str, key: str, kind: str, run_id: str) -> None:
+        _progress(f"recover: cancelled {kind} {run_id} ({key})")
 
 
 async def _recover(args: argparse.Namespace) -> int:
     from threadlock.openai.recovery import recover_orphaned_runs
 
+    url = _shared_url(args.url, "recover")
     client = args.client_factory(args)
-    async with _backend(args.url) as lock:
+    await _check_openai(client)
+    async with _backend(url) as lock:
+        lock.observer = combine(lock.observer, _RecoveryProgress())
+        keys = {record.key for record in await lock.tracked_runs()}  # type: ignore[attr-defined]
+        keys.update(args.thread_id or ())
+        what = _plural(len(keys), "conversation/thread", "conversations/threads")
+        _progress(f"recover: checking {what}" + (" (dry run)" if args.dry_run else ""))
         report = await recover_orphaned_runs(
             client,
             lock=lock,
@@ -119,7 +239,8 @@ async def _recover(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         verb = "would cancel" if report.dry_run else "cancelled"
-        print(f"checked {len(report.checked)} conversations/threads")
+        checked = len(report.checked)
+        print(f"checked {_plural(checked, 'conversation/thread', 'conversations/threads')}")
         for name, ids in (
             (verb, report.cancelled),
             ("skipped (live lease)", report.skipped_live),
@@ -134,17 +255,15 @@ async def _recover(args: argparse.Namespace) -> int:
 
 async def _create_schema(args: argparse.Namespace) -> int:
     scheme = args.url.split("://", 1)[0].lower()
-    if scheme not in ("postgresql", "postgres"):
+    if scheme not in _PG_SCHEMES:
         raise ValueError("create-schema needs a postgresql:// or postgres:// URL")
-    from threadlock.backends.postgres import PostgresThreadLock
-
     options: dict[str, Any] = {"unlogged": args.unlogged}
     if args.table:
         options["table"] = args.table
     if args.schema:
         options["schema"] = args.schema
-    async with PostgresThreadLock.from_url(args.url, **options) as lock:
-        await lock.create_schema()
+    async with _backend(args.url, **options) as lock:
+        await lock.create_schema()  # type: ignore[attr-defined]
     print(f"schema ready ({args.table or 'threadlock_leases'})")
     return EXIT_OK
 
@@ -153,7 +272,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threadlock",
         description="One conversation, one turn at a time: locks for OpenAI bots.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"threadlock {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -167,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=20, help="simulated users (default 20)")
     demo.add_argument("--messages", type=int, default=5, help="messages per user (default 5)")
     demo.add_argument("--workers", type=int, default=16, help="concurrent workers (default 16)")
+    demo.add_argument("--json", action="store_true", help="print both passes' figures as JSON")
     demo.add_argument(
         "--live",
         action="store_true",
@@ -174,7 +297,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    status = sub.add_parser("status", help="list the held locks")
+    status = sub.add_parser(
+        "status",
+        help="list the held locks",
+        description=_fill(
+            "Lists every key held in the backend, by any client: key, owner, age "
+            "(seconds), ttl_left, fence, waiters and the newest tracked run id. It needs the "
+            "backend your workers use (--url or THREADLOCK_URL); memory:// is refused, since "
+            "from here it would see nothing."
+        ),
+        epilog="examples:\n  threadlock status --url redis://localhost:6379/0\n"
+        "  THREADLOCK_URL=postgresql://app@db/app threadlock status --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     status.add_argument("--url", help="backend URL (default: from the environment)")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_status)
@@ -182,9 +317,15 @@ def _parser() -> argparse.ArgumentParser:
     recover = sub.add_parser(
         "recover",
         help="cancel runs a crashed worker left active (never those a live worker owns)",
-        description="Walks the run registry (plus --thread-id), skips every conversation "
-        "whose lease is live, and cancels runs and background responses older than "
-        "--max-age. Reads OPENAI_API_KEY.",
+        description=_fill(
+            "Walks the run registry (plus --thread-id), skips every conversation whose lease "
+            "is live, and cancels runs and background responses older than --max-age. Reads "
+            "OPENAI_API_KEY; a first call checks that the API answers and takes the key. "
+            "Progress goes to stderr."
+        ),
+        epilog="examples:\n  threadlock recover --url redis://localhost:6379/0 --dry-run\n"
+        "  threadlock recover --url postgresql://app@db/app --max-age 600 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recover.add_argument("--url", help="backend URL (default: from the environment)")
     recover.add_argument(
@@ -213,6 +354,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_EXAMPLES = """\
+examples:
+  threadlock demo                                  # no server, no API key
+  threadlock status --url redis://localhost:6379/0
+  threadlock recover --url "$THREADLOCK_URL" --dry-run
+  threadlock create-schema --url postgresql://app@db/app
+
+exit codes: 0 ok, 1 a problem found, 2 bad usage, 3 backend unreachable,
+4 OpenAI unreachable or the key refused
+"""
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -229,7 +382,11 @@ def main(
     if openai_client is not None:
         args.client_factory = openai_client
     try:
-        code: int = anyio.run(args.handler, args)
+        with _quiet_driver_logs():
+            code: int = anyio.run(args.handler, args)
+    except OpenAIUnreachable as error:
+        print(f"threadlock: OpenAI error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_OPENAI
     except BackendError as error:
         print(f"threadlock: backend error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BACKEND

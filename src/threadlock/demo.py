@@ -11,9 +11,11 @@ enforces OpenAI's concurrency rules, on the memory backend: no server, no API ke
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ __all__ = ["DemoResult", "run_demo"]
 _NAIVE_RETRIES = 3
 _NAIVE_RETRY_DELAY = 0.2
 _LIVE_MODEL = "gpt-4o-mini"
+_WIDTH = 80  # every line the demo prints fits a terminal of this width
 
 
 @dataclass
@@ -52,6 +55,23 @@ class DemoResult:
             return float("nan")
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    def as_dict(self) -> dict[str, object]:
+        """The figures as JSON-ready values (seconds; ``None`` for a percentile of nothing)."""
+
+        def seconds(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 4)
+
+        return {
+            "label": self.label,
+            "messages": self.messages,
+            "errors": self.errors,
+            "lost": self.lost,
+            "out_of_order": self.out_of_order,
+            "wall": round(self.wall, 4),
+            "p50": seconds(self.percentile(0.50)),
+            "p99": seconds(self.percentile(0.99)),
+        }
 
 
 def _out_of_order(sent: list[str], accepted: list[str]) -> int:
@@ -112,7 +132,7 @@ def _table(results: list[DemoResult]) -> str:
 
     rows = [
         ("messages", [str(r.messages) for r in results]),
-        ("400 errors", [str(r.errors) for r in results]),
+        ("400 errors (incl. retries)", [str(r.errors) for r in results]),
         ("lost messages", [str(r.lost) for r in results]),
         ("out-of-order replies", [str(r.out_of_order) for r in results]),
         ("wall time", [f"{r.wall:.2f} s" for r in results]),
@@ -141,9 +161,15 @@ async def run_demo(
     workers: int = 16,
     live: bool = False,
     response_duration: float = 0.05,
+    as_json: bool = False,
     out: Callable[[str], None] = print,
 ) -> int:
-    """Run both passes and print the table; returns 0 when the guarded pass was clean."""
+    """Run both passes and print the table; returns 0 when the guarded pass was clean.
+
+    Lines fit 80 columns; a line announces each pass as it starts. With ``as_json`` the
+    figures are printed as one JSON object instead of the table, and the progress lines go to
+    stderr.
+    """
     for name, value in (("users", users), ("messages", messages), ("workers", workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -161,9 +187,18 @@ async def run_demo(
         where = f"FakeOpenAI ({response_duration * 1000:.0f} ms per response)"
     lock: ThreadLock = from_url(url) if url else MemoryThreadLock()
     backend = url.split("://", 1)[0] if url else "memory"
-    out(
-        f"threadlock demo: {users} users x {messages} messages, {workers} workers, "
-        f"{where}, {backend} backend\n"
+
+    def note(text: str) -> None:
+        if as_json:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            out(text)
+
+    note(
+        _wrap(
+            f"threadlock demo: {users} users x {messages} messages, {workers} workers, "
+            f"{where}, {backend} backend"
+        )
     )
 
     async def new_conversation() -> str:
@@ -210,21 +245,50 @@ async def run_demo(
                 with_lock.errors += 1
             return False
 
+    total = users * messages
     async with lock:
+        note(f"pass 1 of 2, without lock: {total} messages ...")
         first = [await new_conversation() for _ in range(users)]
         result = await _burst(without.label, first, messages, workers, naive, accepted)
         result.errors = without.errors
+        note(f"pass 2 of 2, with threadlock: {total} messages ...")
         second = [await new_conversation() for _ in range(users)]
         guarded_result = await _burst(with_lock.label, second, messages, workers, guarded, accepted)
         guarded_result.errors = with_lock.errors
-    out(_table([result, guarded_result]))
-    out(
-        f"\nwithout lock: on a 400 the bot retries up to {_NAIVE_RETRIES} times after "
-        f"{_NAIVE_RETRY_DELAY:.1f} s, as hand-written bots do; a message still refused is lost."
-    )
     clean = guarded_result.errors == 0 and guarded_result.out_of_order == 0
     clean = clean and guarded_result.lost == 0
-    out("with threadlock: every turn waited its turn, in arrival order." if clean else "")
+    if as_json:
+        figures = {
+            "users": users,
+            "messages_per_user": messages,
+            "workers": workers,
+            "openai": "live" if live else "fake",
+            "response_duration": None if live else response_duration,
+            "backend": backend,
+            "retries": _NAIVE_RETRIES,
+            "retry_delay": _NAIVE_RETRY_DELAY,
+            "passes": [result.as_dict(), guarded_result.as_dict()],
+            "clean": clean,
+        }
+        out(json.dumps(figures, indent=2))
+    else:
+        out("")
+        out(_table([result, guarded_result]))
+        out("")
+        out(
+            _wrap(
+                f"without lock: on a 400 the bot retries up to {_NAIVE_RETRIES} times after "
+                f"{_NAIVE_RETRY_DELAY:.1f} s, as hand-written bots do; a message still "
+                "refused is lost. Its 400 errors count every refused attempt, retries "
+                "included."
+            )
+        )
+        if clean:
+            out("with threadlock: every turn waited its turn, in arrival order.")
     if not clean:
         print("threadlock demo: the guarded pass was not clean", file=sys.stderr)
     return 0 if clean else 1
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=_WIDTH, subsequent_indent="  ", break_on_hyphens=False)

@@ -289,20 +289,21 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         )
 
         # Cancellation is delivered before the first attempt. After it, any way out but
-        # success runs the shielded ``abandon``: it passes the key on if it was granted to
-        # us, else takes us out of the queue, and it writes this acquire's tombstone, so an
-        # attempt cancelled in flight whose bytes reach Redis only afterwards changes
-        # nothing. That is what lets the attempts themselves run unshielded (a shielded
-        # round trip costs as much CPU as all the rest of an uncontended acquire).
+        # success (a BackendError included) runs the shielded ``abandon``: it passes the key
+        # on if it was granted to us, else takes us out of the queue, and it writes this
+        # acquire's tombstone, so an attempt cancelled in flight whose bytes reach Redis only
+        # afterwards changes nothing. That is what lets the attempts themselves run
+        # unshielded (a shielded round trip costs as much CPU as all the rest of an
+        # uncontended acquire).
         await anyio.lowlevel.checkpoint_if_cancelled()
         started = time.monotonic()
         await self._await_local_turn(key)
         try:
             mode = self._modes["try" if timeout == 0 else "wait"]
             reply = await self._commands.script_unshielded("acquire", keys, mode, *argv)
-        except BackendError:
-            raise
         except BaseException:
+            # Also on a BackendError: a reset or timeout after the script ran would leave a
+            # lease nobody holds, or a queue entry that becomes an unclaimed hand-off.
             await self._abandon(keys, key, token)
             raise
         finally:

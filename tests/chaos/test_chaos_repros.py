@@ -1,9 +1,7 @@
 """Minimal reproductions of the defects the chaos run and the fuzzers found.
 
-Each test states the behaviour the SPEC asks for and is marked ``xfail`` (not strict) while
-the defect is open, so CI stays green and an ``XPASS`` in the summary shows when one is fixed:
-then drop the mark (and widen the fuzzers' ranges where a comment points here). The ones
-without a mark were fixed and stay as regression tests.
+Each test states the behaviour the SPEC asks for. All of them were fixed and stay as
+regression tests; a new reproduction is added failing, with its fix.
 """
 
 from __future__ import annotations
@@ -157,14 +155,7 @@ async def test_memory_waiter_moves_on_when_the_holder_shortens_its_ttl() -> None
 @pytest.mark.parametrize(
     "backend",
     [
-        pytest.param(
-            "redis",
-            marks=pytest.mark.xfail(
-                reason="redis: a finite ttl too large for Redis (ms overflow) raises "
-                "BackendError instead of ValueError naming ttl",
-                strict=False,
-            ),
-        ),
+        "redis",  # fixed: refused as a ValueError above about 31 years
         "postgres",  # fixed: refused as a ValueError above about 3,000 years
     ],
 )
@@ -203,11 +194,6 @@ async def test_release_of_a_malformed_lease_is_false_on_postgres(pg_server: Post
             await lock.extend(forged)
 
 
-@pytest.mark.xfail(
-    reason="redis: release() of a Lease whose token is not a str raises BackendError "
-    "(redis-py DataError) instead of TypeError/False",
-    strict=False,
-)
 async def test_release_of_a_lease_with_a_non_str_token_is_not_a_backend_error(
     redis_server: RedisServer,
 ) -> None:
@@ -237,14 +223,7 @@ async def test_a_bad_cluster_url_is_a_value_error(url: str) -> None:
 @pytest.mark.parametrize(
     "option",
     [
-        pytest.param(
-            "prefix",
-            marks=pytest.mark.xfail(
-                reason="redis: a prefix that is not encodable as UTF-8 is accepted when the "
-                "backend is built, and every call then fails with UnicodeEncodeError",
-                strict=False,
-            ),
-        ),
+        "prefix",
         "owner",
     ],
 )

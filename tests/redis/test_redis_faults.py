@@ -17,7 +17,7 @@ import pytest
 from _servers.redis_server import RedisServer
 from threadlock import Lease
 from threadlock.backends.redis import RedisThreadLock
-from threadlock.errors import LeaseLost
+from threadlock.errors import BackendError, LeaseLost
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +247,67 @@ async def test_a_failed_subscriber_reader_is_restarted_and_its_waiters_recheck(
             r for r in caplog.records if getattr(r, "event", "") == "redis.subscriber_restarted"
         ]
         assert len(restarts) == 1
+
+
+# -- a first attempt that fails after the script ran (issue 15, defect 2) -----------------------
+
+
+async def _late_reply_lock(
+    redis_server_port: int, prefix: str, body: Callable[..., Awaitable[None]]
+) -> None:
+    """Run ``body(proxy, slow)``: ``slow`` reaches Redis through a :class:`FaultProxy`, with a
+    0.3 s socket timeout and no redis-py retries, so a reply stalled for 0.45 s is a
+    BackendError while the request itself has run on the server (and the abandon that
+    follows, on a new connection, gets through once the stall is over)."""
+    from benchmarks.chaos import FaultProxy
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    proxy = FaultProxy(redis_server_port)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        try:
+            async with RedisThreadLock.from_url(
+                f"redis://127.0.0.1:{port}/0",
+                prefix=prefix,
+                socket_timeout=0.3,
+                retry=Retry(NoBackoff(), 0),
+            ) as slow:
+                assert await slow.release(await slow.acquire("warm-up", ttl=5.0))  # scripts loaded
+                await body(proxy, slow)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def test_a_free_key_granted_to_a_first_attempt_whose_reply_was_lost_is_given_back(
+    redis_server: RedisServer, redis_lock: RedisThreadLock
+) -> None:
+    async def body(proxy: Any, slow: RedisThreadLock) -> None:
+        proxy.stall(None, 0.45, replies_only=True)  # the grant happens; its answer is late
+        with pytest.raises(BackendError):
+            await slow.acquire("k", ttl=30.0, timeout=0)
+        # The abandon ran (its request reached Redis): nobody holds a 30 s lease of "k".
+        assert await redis_lock.inspect("k") is None
+        lease = await redis_lock.acquire("k", ttl=5.0, timeout=0)
+        assert await redis_lock.release(lease)
+
+    await _late_reply_lock(redis_server.port, redis_lock.prefix, body)
+
+
+async def test_a_queued_first_attempt_whose_reply_was_lost_leaves_no_queue_entry(
+    redis_server: RedisServer, redis_lock: RedisThreadLock
+) -> None:
+    holder = await redis_lock.acquire("k", ttl=30.0)
+
+    async def body(proxy: Any, slow: RedisThreadLock) -> None:
+        proxy.stall(None, 0.45, replies_only=True)  # queued on the server; its answer is late
+        with pytest.raises(BackendError):
+            await slow.acquire("k", ttl=30.0, timeout=20.0)
+        info = await redis_lock.inspect("k")
+        assert info is not None
+        assert info.waiters == 0, info
+        # So the release hands the key to nobody (not to a waiter that is gone).
+        assert await redis_lock.release(holder)
+        assert await redis_lock.inspect("k") is None
+
+    await _late_reply_lock(redis_server.port, redis_lock.prefix, body)

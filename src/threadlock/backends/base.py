@@ -62,6 +62,10 @@ def current_task_name() -> str:
 def _check_lease(lease: object) -> Lease:
     if not isinstance(lease, Lease):
         raise TypeError(f"lease must be a threadlock.Lease, not {type(lease).__name__}")
+    if not isinstance(lease.key, str):
+        raise TypeError(f"lease.key must be a str, not {type(lease.key).__name__}")
+    if not isinstance(lease.token, str):
+        raise TypeError(f"lease.token must be a str, not {type(lease.token).__name__}")
     return lease
 
 

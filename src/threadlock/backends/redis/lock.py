@@ -45,6 +45,9 @@ __all__ = ["RedisThreadLock"]
 logger = logging.getLogger("threadlock")
 
 _MIN_RETRY_AFTER = 0.001
+#: The longest ttl accepted (about 31 years): the scripts keep times as µs in Lua numbers
+#: (doubles), exact up to 2**53 µs since the epoch; anything longer is a ValueError.
+_MAX_TTL = 1e9
 _MODES = {"try": b"t", "wait": b"w", "last": b"l"}
 
 #: Every backend instance, so a forked child draws fresh randomness (see _token).
@@ -109,6 +112,12 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if not prefix or any(c in prefix for c in "{}\x00"):
             raise ValueError(f"prefix must be non-empty, without '{{', '}}' or NUL: {prefix!r}")
+        try:
+            prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"prefix must be encodable as UTF-8 (lone surrogates are not): {prefix!r}"
+            ) from None
         registry_s = check_positive(registry_ttl, "registry_ttl")
         if registry_s < MIN_REGISTRY_TTL:
             raise ValueError(
@@ -258,7 +267,13 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
 
     # -- primitives ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_ttl(ttl: float) -> None:
+        if ttl > _MAX_TTL:
+            raise ValueError(f"ttl must be at most {_MAX_TTL:g} seconds on Redis, got {ttl!r}")
+
     async def _acquire(self, key: str, ttl: float, timeout: float | None) -> Lease:
+        self._check_ttl(ttl)
         names = self._names(key)
         token = self._token()
         self._attempts += 1
@@ -274,20 +289,21 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         )
 
         # Cancellation is delivered before the first attempt. After it, any way out but
-        # success runs the shielded ``abandon``: it passes the key on if it was granted to
-        # us, else takes us out of the queue, and it writes this acquire's tombstone, so an
-        # attempt cancelled in flight whose bytes reach Redis only afterwards changes
-        # nothing. That is what lets the attempts themselves run unshielded (a shielded
-        # round trip costs as much CPU as all the rest of an uncontended acquire).
+        # success (a BackendError included) runs the shielded ``abandon``: it passes the key
+        # on if it was granted to us, else takes us out of the queue, and it writes this
+        # acquire's tombstone, so an attempt cancelled in flight whose bytes reach Redis only
+        # afterwards changes nothing. That is what lets the attempts themselves run
+        # unshielded (a shielded round trip costs as much CPU as all the rest of an
+        # uncontended acquire).
         await anyio.lowlevel.checkpoint_if_cancelled()
         started = time.monotonic()
         await self._await_local_turn(key)
         try:
             mode = self._modes["try" if timeout == 0 else "wait"]
             reply = await self._commands.script_unshielded("acquire", keys, mode, *argv)
-        except BackendError:
-            raise
         except BaseException:
+            # Also on a BackendError: a reset or timeout after the script ran would leave a
+            # lease nobody holds, or a queue entry that becomes an unclaimed hand-off.
             await self._abandon(keys, key, token)
             raise
         finally:
@@ -436,6 +452,7 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
                 return
 
     async def _extend(self, lease: Lease, ttl: float) -> Lease:
+        self._check_ttl(ttl)
         reply = await self._commands.script_shielded(
             "extend", self._names(lease.key).lock, self._pub, lease.token, ttl_ms(ttl)
         )

@@ -24,11 +24,11 @@ use :func:`combine` to keep the log events beside metrics or spans.
 
 The package is split by what each part owns:
 
-* :mod:`threadlock.observe.protocol`: :class:`Observer` (the hooks), :data:`Scope`,
+* ``threadlock.observe.protocol``: :class:`Observer` (the hooks), :data:`Scope`,
   :data:`DEFAULT_WAITING_INTERVAL`;
-* :mod:`threadlock.observe.log_events`: :class:`LoggingObserver`, the log events;
-* :mod:`threadlock.observe.combinators`: :func:`combine` and :class:`CombinedObserver`;
-* :mod:`threadlock.observe.lookup`: the process-wide default, :func:`observer_of` and
+* ``threadlock.observe.log_events``: :class:`LoggingObserver`, the log events;
+* ``threadlock.observe.combinators``: :func:`combine` and :class:`CombinedObserver`;
+* ``threadlock.observe.lookup``: the process-wide default, :func:`observer_of` and
   :func:`backend_kind`, which the shared layers use to find a lock's observer and label.
 
 Import from ``threadlock.observe``; the submodules are its layout, not its interface.

@@ -125,7 +125,7 @@ class _Attempt:
 
 
 class PostgresThreadLock(BaseThreadLock):
-    """The Postgres backend. See :mod:`threadlock.backends.postgres.lock` for how it works.
+    """The Postgres backend. How it works: docs/backends/postgres.md.
 
     Args:
         pool: a ``psycopg_pool.AsyncConnectionPool``. Its connections are switched to

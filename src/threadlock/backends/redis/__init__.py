@@ -16,9 +16,9 @@ What it guarantees, on one server, Sentinel or Cluster (how: docs/backends/redis
   arguments.
 
 It runs on redis-py's asyncio clients, so on the asyncio event loop only. Modules:
-:mod:`.lock` (the lock), :mod:`.scripts` (the Lua scripts and every round trip),
-:mod:`.wakeup` (the pub/sub wake-up), :mod:`.registry` (run registry and chain heads),
-:mod:`.cluster` (Cluster quirks), :mod:`.keys` (key names), :mod:`.urls` (URLs).
+``lock`` (the lock), ``scripts`` (the Lua scripts and every round trip),
+``wakeup`` (the pub/sub wake-up), ``registry`` (run registry and chain heads),
+``cluster`` (Cluster quirks), ``keys`` (key names), ``urls`` (URLs).
 """
 
 from __future__ import annotations

@@ -1,38 +1,16 @@
-"""Fixtures for the synchronous face: a private Redis server and FakeOpenAI over HTTP."""
+"""Fixtures for the synchronous face: FakeOpenAI over HTTP (Redis comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from _servers.redis_server import RedisServer, require_redis_server
 from threadlock.testing import FakeOpenAI
 from threadlock.testing.fake_openai import sdk_http_module
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    require_redis_server()
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"tl-sync-{uuid.uuid4().hex[:12]}"
 
 
 def _asgi_app(fake: FakeOpenAI) -> Any:

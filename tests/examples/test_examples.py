@@ -87,6 +87,7 @@ def _unavailable(reason: str) -> None:
         ("assistants_thread.py", "run statuses: ['completed', 'completed']"),
         ("flask_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
         ("celery_worker.py", "one turn at a time, each with a new fence: True"),
+        ("django_view.py", "'reply': 'Reply to: message 2 from user1'"),
     ],
 )
 def test_example_runs_offline(script: str, expect: str) -> None:

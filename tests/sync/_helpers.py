@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+from threadlock.testing import FakeOpenAI
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -22,3 +26,31 @@ def load_example(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def check_burst(answers: list[tuple[int, dict[str, Any]]], fake: FakeOpenAI, users: int) -> None:
+    """Every request answered 200, no conversation_locked, each user's messages answered once."""
+    assert [status for status, _ in answers] == [200] * len(answers)
+    assert fake.concurrency_errors == 0
+    for u in range(users):
+        bodies = [body for _, body in answers if body["user_id"] == f"u{u}"]
+        assert sorted(b["reply"] for b in bodies) == sorted(
+            f"Reply to: message {i}" for i in range(len(bodies))
+        )
+        assert len({b["fence"] for b in bodies}) == len(bodies)  # one turn, one fence each
+
+
+def in_threads(post: Any, users: int, messages: int) -> list[tuple[int, dict[str, Any]]]:
+    """Call ``post(user, text)`` from one thread per message; return the answers."""
+    answers: list[tuple[int, dict[str, Any]]] = []
+    threads = [
+        threading.Thread(target=lambda u=u, i=i: answers.append(post(f"u{u}", f"message {i}")))
+        for i in range(messages)
+        for u in range(users)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == users * messages
+    return answers

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.sync._helpers import load_example
+from tests.sync._helpers import check_burst, in_threads, load_example
 from werkzeug.serving import make_server
 
 import threadlock.sync
@@ -25,32 +25,6 @@ def webhook(redis_url: str, prefix: str) -> Iterator[tuple[Any, SyncThreadLock, 
         yield example.create_app(lock=lock, client=sync_client(fake)), lock, fake
 
 
-def _check_burst(answers: list[tuple[int, dict[str, Any]]], fake: FakeOpenAI, users: int) -> None:
-    assert [status for status, _ in answers] == [200] * len(answers)
-    assert fake.concurrency_errors == 0
-    for u in range(users):
-        bodies = [body for _, body in answers if body["user_id"] == f"u{u}"]
-        assert sorted(b["reply"] for b in bodies) == sorted(
-            f"Reply to: message {i}" for i in range(len(bodies))
-        )
-        assert len({b["fence"] for b in bodies}) == len(bodies)  # one turn, one fence each
-
-
-def _in_threads(post: Any, users: int, messages: int) -> list[tuple[int, dict[str, Any]]]:
-    answers: list[tuple[int, dict[str, Any]]] = []
-    threads = [
-        threading.Thread(target=lambda u=u, i=i: answers.append(post(f"u{u}", f"message {i}")))
-        for i in range(messages)
-        for u in range(users)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(answers) == users * messages
-    return answers
-
-
 def test_test_client_burst_from_threads_gets_no_conversation_locked(webhook: Any) -> None:
     app, lock, fake = webhook
 
@@ -58,7 +32,7 @@ def test_test_client_burst_from_threads_gets_no_conversation_locked(webhook: Any
         answer = app.test_client().post("/webhook", json={"user_id": user, "text": text})
         return answer.status_code, answer.get_json()
 
-    _check_burst(_in_threads(post, users=3, messages=4), fake, users=3)
+    check_burst(in_threads(post, users=3, messages=4), fake, users=3)
     assert app.test_client().get("/locks").get_json() == []
     assert lock.held() == []
 
@@ -75,7 +49,7 @@ def test_threaded_server_burst_gets_no_conversation_locked(webhook: Any) -> None
             answer = httpx.post(f"{base}/webhook", json={"user_id": user, "text": text}, timeout=60)
             return answer.status_code, answer.json()
 
-        _check_burst(_in_threads(post, users=2, messages=5), fake, users=2)
+        check_burst(in_threads(post, users=2, messages=5), fake, users=2)
         assert httpx.get(f"{base}/locks").json() == []
     finally:
         server.shutdown()

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -60,3 +62,20 @@ def new_pubsub(client: aioredis.Redis | RedisCluster, channel: str) -> PubSub:
         )
         return PubSub(connection_pool=pool, encoder=client.get_encoder())
     return client.pubsub()
+
+
+def forget_connections(client: aioredis.Redis | RedisCluster) -> None:
+    """In a forked child: drop the parent's pooled connections without closing them (their
+    sockets are the parent's, and so is the event loop they belong to); the child connects
+    anew on first use."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():
+            free = getattr(node, "_free", None)
+            if free is not None:
+                free.clear()
+            if isinstance(getattr(node, "_connections", None), list):
+                node._connections = []
+        return
+    pool = client.connection_pool
+    pool.reset()  # type: ignore[no-untyped-call]
+    pool._lock = asyncio.Lock()  # a parent's waiter may have bound it to the parent's loop

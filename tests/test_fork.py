@@ -48,10 +48,11 @@ def _child(lock: Any, log: str) -> None:
     anyio.run(main)
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "postgres", "redis-used", "postgres-used"])
 def forkable_lock(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A lock built in this (the parent) process, not yet connected."""
-    if request.param == "redis":
+    """A lock built in this (the parent) process: not yet connected or, for ``-used``, used
+    once in an event loop of the parent's (connections open, pool opened)."""
+    if request.param.startswith("redis"):
         url = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("prefix")
         lock: Any = RedisThreadLock.from_url(url, prefix=prefix)
@@ -65,6 +66,12 @@ def forkable_lock(request: pytest.FixtureRequest) -> Iterator[Any]:
 
         anyio.run(create)
         lock = PostgresThreadLock.from_url(dsn, table=table)
+    if request.param.endswith("-used"):
+
+        async def use() -> None:
+            assert await lock.release(await lock.acquire(KEY, ttl=30.0))
+
+        anyio.run(use)
     yield lock
 
 

@@ -35,6 +35,7 @@ How it keeps its promises (the SQL is in ``sql/``, the statements in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,9 @@ _MIN_RETRY_AFTER = 0.001
 # types reach 294276 AD); anything longer is refused as a ValueError before any SQL runs.
 _MAX_TTL = 1e11
 _SCHEMES = ("postgresql", "postgres")
+#: One uncontended grant in this many starts a sweep (a statement of its own, in the
+#: background): expired leases of keys nobody touches again and dead waiter rows go away.
+_SWEEP_EVERY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +223,8 @@ class PostgresThreadLock(BaseThreadLock):
         )
         self._sql = Statements(self._table, self._schema)
         self._registry = Registry(self._execute, self._sql, self._check_open)
+        self._grants = 0
+        self._sweeping: asyncio.Task[None] | None = None
         on_fork(self)
 
     @classmethod
@@ -286,6 +292,7 @@ class PostgresThreadLock(BaseThreadLock):
         opened, a new pool (the parent's connections and tasks are left to the parent)."""
         self._listener.after_fork()
         self._db.after_fork()
+        self._sweeping = None
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -347,7 +354,27 @@ class PostgresThreadLock(BaseThreadLock):
             self._sql.acquire,
             (key, token, wid, owner, ttl, self._grace, enqueue, seq, self._relaxed),
         )
-        return _Attempt.from_row(key, rows[0])
+        attempt = _Attempt.from_row(key, rows[0])
+        if seq is None and attempt.status == "granted":  # a free key: count towards a sweep
+            self._grants += 1
+            if self._grants % _SWEEP_EVERY == 0:
+                self._start_sweep()
+        return attempt
+
+    def _start_sweep(self) -> None:
+        """Run the sweep in the background, unless one is running: its own statement, so it
+        never runs while an acquire holds the key's advisory lock, and never delays one."""
+        if self._closed or (self._sweeping is not None and not self._sweeping.done()):
+            return
+        self._sweeping = asyncio.get_running_loop().create_task(
+            self._sweep(), name="threadlock postgres sweep"
+        )
+
+    async def _sweep(self) -> None:
+        try:
+            await self._execute(self._sql.sweep)
+        except Exception:  # the next sweep tries again; nothing waits for this one
+            logger.debug("threadlock postgres sweep failed", exc_info=True)
 
     async def _withdraw_shielded(self, key: str, token: str) -> None:
         """:meth:`_release_or_withdraw` for an acquire that was cancelled or timed out.
@@ -508,5 +535,9 @@ class PostgresThreadLock(BaseThreadLock):
         return await self._registry.advance_chain(lease, expected, new)
 
     async def _aclose(self) -> None:
+        sweeping, self._sweeping = self._sweeping, None
+        if sweeping is not None and not sweeping.done():
+            with anyio.move_on_after(self._release_timeout, shield=True):
+                await asyncio.gather(sweeping, return_exceptions=True)
         await self._listener.aclose()
         await self._db.aclose()

@@ -112,6 +112,20 @@ async def test_the_columns_the_sweep_scans_are_indexed(pg_dsn: str, pg_table: st
 
 
 @pytest.mark.anyio
+async def test_the_newest_run_of_a_key_is_found_by_index(pg_dsn: str, pg_table: str) -> None:
+    # Every busy answer and inspect reads the key's newest tracked run (ORDER BY seq DESC
+    # LIMIT 1): one index probe, not a read of all the key's runs (issue 15, defect 6).
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
+        await lock.create_schema()
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (pg_table + "_runs",)
+        )
+        definitions = [str(row[0]) for row in await cur.fetchall()]
+    assert any(d.endswith("(key, seq)") for d in definitions), definitions
+
+
+@pytest.mark.anyio
 async def test_the_acquire_function_no_longer_sweeps_under_the_key_lock(
     pg_dsn: str, pg_table: str
 ) -> None:

@@ -1,7 +1,9 @@
 """What the backend does differently on Redis Cluster.
 
 - One pub/sub connection per master: a waiter subscribes on the master that serves its
-  key's slot (sharded pub/sub, ``SSUBSCRIBE``, Redis 7+).
+  key's slot (sharded pub/sub, ``SSUBSCRIBE``, Redis 7+). When the slot moves, the old master
+  drops the channel; the wake hub reloads the slot map (:func:`refresh_slots`) and subscribes
+  it on the new master.
 - redis-py 8.1's :class:`~redis.asyncio.cluster.RedisCluster` fails when its first commands
   run concurrently before it loaded the slot map, so the backend loads it once, first.
 """
@@ -48,6 +50,12 @@ def subscriber_name(client: aioredis.Redis | RedisCluster, channel: str) -> str:
     if node is None:
         raise BackendError(f"redis cluster: no node serves the channel {channel!r}")
     return str(node.name)
+
+
+async def refresh_slots(client: aioredis.Redis | RedisCluster) -> None:
+    """Reload a cluster client's slot map (after a slot moved); a no-op elsewhere."""
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.initialize()
 
 
 def new_pubsub(client: aioredis.Redis | RedisCluster, channel: str) -> PubSub:

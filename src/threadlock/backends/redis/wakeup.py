@@ -28,7 +28,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from threadlock.backends._waiting import Grant, Waiter
 from threadlock.backends._waiting import WakeHub as _WakeHub
-from threadlock.backends.redis.cluster import new_pubsub, subscriber_name
+from threadlock.backends.redis.cluster import new_pubsub, refresh_slots, subscriber_name
 from threadlock.backends.redis.keys import text
 
 logger = logging.getLogger("threadlock")
@@ -139,8 +139,23 @@ class Subscriber:
                 continue
             failures = 0
             if message is not None:
+                if message.get("type") == "sunsubscribe":
+                    self._server_unsubscribed(message.get("channel"))
                 self._hub.dispatch(message)
                 self._dispatched = True
+
+    def _server_unsubscribed(self, channel: object) -> None:
+        """A ``sunsubscribe`` we did not ask for: the server dropped the channel because its
+        slot moved to another master (Cluster). Forget it here, and have the hub subscribe
+        it again where it lives now."""
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if not isinstance(channel, str) or channel not in self.channels:
+            return  # the answer to our own unsubscribe
+        self.channels.discard(channel)
+        self.pubsub.shard_channels.pop(channel, None)  # not re-subscribed here on reconnect
+        self.pubsub.shard_channels.pop(channel.encode(), None)
+        self._hub.moved(channel)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -223,6 +238,27 @@ class PubSubHub(_WakeHub):
             self.wake_all(channel)
 
     # -- subscriptions ------------------------------------------------------------------------
+
+    def moved(self, channel: str) -> None:
+        """``channel``'s slot moved: its local waiters re-check (a grant published during the
+        move was missed), and it is subscribed again on its new master, if still needed."""
+        self.wake_all(channel)
+        if self.closed or not self.has_waiters(channel):
+            return  # a later waiter subscribes where the channel lives then
+        self._in_background(asyncio.get_running_loop(), self._follow(channel))
+
+    async def _follow(self, channel: str) -> None:
+        with anyio.move_on_after(self._release_timeout, shield=True):
+            try:
+                await refresh_slots(self._client)
+                await self.subscribe(channel)
+            except Exception:  # the waiters still have their re-checks
+                logger.warning(
+                    "threadlock could not follow %r to its new master",
+                    channel,
+                    exc_info=True,
+                    extra={"event": "redis.subscribe_failed"},
+                )
 
     def _subscriber(self, channel: str) -> Subscriber:
         name = subscriber_name(self._client, channel)

@@ -88,57 +88,53 @@ async def test_a_version_2_schema_upgrades_and_drops_the_retired_helpers(
 # -- defect 4 of issue 15: the sweep is indexed and off the key's advisory lock --------------
 
 
-async def _indexed_columns(dsn: str, table: str) -> set[tuple[str, str]]:
+async def _rows(dsn: str, query: str, params: tuple[str, ...]) -> list[tuple[str, ...]]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT t.relname, a.attname FROM pg_index i"
-            " JOIN pg_class t ON t.oid = i.indrelid"
-            " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]"
-            " WHERE t.relname IN (%s, %s) AND i.indnatts = 1",
-            (table, table + "_waiters"),
-        )
-        return {
-            (str(relation)[len(table) :], str(column)) for relation, column in await cur.fetchall()
-        }
+        cur = await conn.execute(query, params)
+        return [tuple(str(value) for value in row) for row in await cur.fetchall()]
 
 
-@pytest.mark.anyio
-async def test_the_columns_the_sweep_scans_are_indexed(pg_dsn: str, pg_table: str) -> None:
+@pytest.fixture
+async def fresh_schema(pg_dsn: str, pg_table: str) -> str:
+    """``pg_table``, with the current schema created."""
     async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
         await lock.create_schema()
-    assert {("", "expires_at"), ("_waiters", "alive_until")} <= await _indexed_columns(
-        pg_dsn, pg_table
-    )
+    return pg_table
 
 
 @pytest.mark.anyio
-async def test_the_newest_run_of_a_key_is_found_by_index(pg_dsn: str, pg_table: str) -> None:
+async def test_the_columns_the_sweep_scans_are_indexed(pg_dsn: str, fresh_schema: str) -> None:
+    table = fresh_schema
+    indexed = await _rows(
+        pg_dsn,
+        "SELECT t.relname, a.attname FROM pg_index i"
+        " JOIN pg_class t ON t.oid = i.indrelid"
+        " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]"
+        " WHERE t.relname IN (%s, %s) AND i.indnatts = 1",
+        (table, table + "_waiters"),
+    )
+    assert {(table, "expires_at"), (table + "_waiters", "alive_until")} <= set(indexed)
+
+
+@pytest.mark.anyio
+async def test_the_newest_run_of_a_key_is_found_by_index(pg_dsn: str, fresh_schema: str) -> None:
     # Every busy answer and inspect reads the key's newest tracked run (ORDER BY seq DESC
     # LIMIT 1): one index probe, not a read of all the key's runs (issue 15, defect 6).
-    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
-        await lock.create_schema()
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (pg_table + "_runs",)
-        )
-        definitions = [str(row[0]) for row in await cur.fetchall()]
-    assert any(d.endswith("(key, seq)") for d in definitions), definitions
+    rows = await _rows(
+        pg_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (fresh_schema + "_runs",)
+    )
+    assert any(definition.endswith("(key, seq)") for (definition,) in rows), rows
 
 
 @pytest.mark.anyio
 async def test_the_acquire_function_no_longer_sweeps_under_the_key_lock(
-    pg_dsn: str, pg_table: str
+    pg_dsn: str, fresh_schema: str
 ) -> None:
-    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
-        await lock.create_schema()
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT pg_get_functiondef(%s::regproc)", (f'"{pg_table}_acquire"',)
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    assert "pg_advisory_xact_lock" in row[0]
-    assert f"{pg_table}_sweep" not in row[0]
+    ((body,),) = await _rows(
+        pg_dsn, "SELECT pg_get_functiondef(%s::regproc)", (f'"{fresh_schema}_acquire"',)
+    )
+    assert "pg_advisory_xact_lock" in body
+    assert f"{fresh_schema}_sweep" not in body
 
 
 @pytest.mark.anyio

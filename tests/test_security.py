@@ -224,12 +224,6 @@ async def test_memory_tokens_are_a_random_per_instance_prefix_and_a_counter() ->
     assert a.token != b.token
 
 
-@pytest.mark.xfail(
-    reason="postgres: tokens and waiter ids come from one per-instance prefix and counter, so "
-    "the waiter id published by NOTIFY (readable by any role that may LISTEN) gives away the "
-    "token of the same acquire; see docs/security.md",
-    strict=False,
-)
 async def test_postgres_notifications_do_not_give_tokens_away(
     pg_server: PostgresServer, pg_lock: PostgresThreadLock
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import psycopg
 import pytest
 from psycopg import sql
@@ -82,3 +83,87 @@ async def test_a_version_2_schema_upgrades_and_drops_the_retired_helpers(
             "SELECT version FROM threadlock_schema_version WHERE table_name = %s", (pg_table,)
         )
         assert await cur.fetchall() == [(SCHEMA_VERSION,)]
+
+
+# -- defect 4 of issue 15: the sweep is indexed and off the key's advisory lock --------------
+
+
+async def _rows(dsn: str, query: str, params: tuple[str, ...]) -> list[tuple[str, ...]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(query, params)
+        return [tuple(str(value) for value in row) for row in await cur.fetchall()]
+
+
+@pytest.fixture
+async def fresh_schema(pg_dsn: str, pg_table: str) -> str:
+    """``pg_table``, with the current schema created."""
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
+        await lock.create_schema()
+    return pg_table
+
+
+@pytest.mark.anyio
+async def test_the_columns_the_sweep_scans_are_indexed(pg_dsn: str, fresh_schema: str) -> None:
+    table = fresh_schema
+    indexed = await _rows(
+        pg_dsn,
+        "SELECT t.relname, a.attname FROM pg_index i"
+        " JOIN pg_class t ON t.oid = i.indrelid"
+        " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]"
+        " WHERE t.relname IN (%s, %s) AND i.indnatts = 1",
+        (table, table + "_waiters"),
+    )
+    assert {(table, "expires_at"), (table + "_waiters", "alive_until")} <= set(indexed)
+
+
+@pytest.mark.anyio
+async def test_the_newest_run_of_a_key_is_found_by_index(pg_dsn: str, fresh_schema: str) -> None:
+    # Every busy answer and inspect reads the key's newest tracked run (ORDER BY seq DESC
+    # LIMIT 1): one index probe, not a read of all the key's runs (issue 15, defect 6).
+    rows = await _rows(
+        pg_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (fresh_schema + "_runs",)
+    )
+    assert any(definition.endswith("(key, seq)") for (definition,) in rows), rows
+
+
+@pytest.mark.anyio
+async def test_the_acquire_function_no_longer_sweeps_under_the_key_lock(
+    pg_dsn: str, fresh_schema: str
+) -> None:
+    ((body,),) = await _rows(
+        pg_dsn, "SELECT pg_get_functiondef(%s::regproc)", (f'"{fresh_schema}_acquire"',)
+    )
+    assert "pg_advisory_xact_lock" in body
+    assert f"{fresh_schema}_sweep" not in body
+
+
+@pytest.mark.anyio
+async def test_expired_leases_and_dead_waiters_of_idle_keys_are_still_swept(
+    pg_dsn: str, pg_table: str
+) -> None:
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
+        await lock.create_schema()
+        for index in range(8):
+            await lock.acquire(f"stale{index}", ttl=0.05)  # never released: they expire
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (key, seq, token, wid, owner, ttl, grace, enqueued_at,"
+                    " alive_until) VALUES ('dead', 1, 't', 'w', 'o', 1, 1, now(), now())"
+                ).format(sql.Identifier(pg_table + "_waiters"))
+            )
+            await anyio.sleep(0.1)
+            for index in range(64):  # uncontended acquires of other keys
+                assert await lock.release(await lock.acquire(f"busy{index}", ttl=30.0))
+            with anyio.fail_after(10):  # the sweep runs beside the acquires, not in them
+                while True:
+                    cur = await conn.execute(
+                        sql.SQL(
+                            "SELECT (SELECT count(*) FROM {}) + (SELECT count(*) FROM {})"
+                        ).format(sql.Identifier(pg_table), sql.Identifier(pg_table + "_waiters"))
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    if row[0] == 0:
+                        break
+                    await anyio.sleep(0.02)

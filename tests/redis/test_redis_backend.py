@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import anyio
@@ -256,22 +255,6 @@ def test_from_url_forms_build_without_connecting() -> None:
         RedisThreadLock("redis://localhost")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="service name"):
         RedisThreadLock.from_url(f"redis+sentinel://127.0.0.1:{port}")
-
-
-def test_tokens_and_tombstone_names_differ_in_a_forked_child() -> None:
-    lock = RedisThreadLock.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    lock._token()  # the random buffer is filled now; a child must not reuse it
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.write(write, f"{lock._token()} {lock._instance}".encode())
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 200).decode().split()
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert child[0] != lock._token()
-    assert child[1] != lock._instance
 
 
 async def test_waiters_of_one_instance_share_one_inbox_channel(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import pytest
 
 from _servers.redis_server import RedisCluster3
+from threadlock import Lease
 from threadlock.backends.redis import RedisThreadLock
 from threadlock.protocol import RunRecord
 from threadlock.testing import BackendConformance
@@ -96,3 +98,63 @@ async def test_registry_and_chains_on_every_master(redis_cluster: RedisCluster3)
         for n, key in enumerate(keys):
             await fresh.untrack_run(key, f"run-{n}")
         assert await fresh.tracked_runs() == []
+
+
+def _move_slot(cluster: RedisCluster3, slot: int) -> tuple[Any, Any]:
+    """Move ``slot`` and its keys from the master that serves it to another: the steps of
+    ``redis-cli --cluster reshard``. Returns (old master, new master)."""
+    ids = {node: node.cli("cluster", "myid").strip() for node in cluster.nodes}
+    owner = next(
+        node
+        for node in cluster.nodes
+        if node.cli("cluster", "countkeysinslot", str(slot)).strip() != "0"
+    )
+    target = next(node for node in cluster.nodes if node is not owner)
+    target.cli("cluster", "setslot", str(slot), "importing", ids[owner])
+    owner.cli("cluster", "setslot", str(slot), "migrating", ids[target])
+    while keys := owner.cli("cluster", "getkeysinslot", str(slot), "100").split():
+        owner.cli("migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys", *keys)
+    for node in (target, owner, *(n for n in cluster.nodes if n not in (owner, target))):
+        node.cli("cluster", "setslot", str(slot), "node", ids[target])
+    return owner, target
+
+
+@pytest.mark.anyio
+async def test_the_subscriber_follows_a_channel_whose_slot_moved(
+    redis_cluster: RedisCluster3,
+) -> None:
+    # Issue 15, defect 5. grace=3600 and ttl=3600: the waiter's heartbeat and the holder's
+    # expiry are an hour away, so within the bound only a notification can hand the key over,
+    # and it is published on the master that serves the slot now.
+    prefix = f"tl-cluster-{uuid.uuid4().hex[:12]}"
+    key = "moving"
+    async with RedisThreadLock.from_url(redis_cluster.url, prefix=prefix, grace=3600.0) as lock:
+        channel = lock._channel(key)
+        slot = int(redis_cluster.nodes[0].cli("cluster", "keyslot", channel))
+        holder = await lock.acquire(key, ttl=3600.0)
+        got: list[Lease] = []
+
+        async def waiter() -> None:
+            got.append(await lock.acquire(key, ttl=30.0, timeout=60.0))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            with anyio.fail_after(20):
+                while (info := await lock.inspect(key)) is None or info.waiters != 1:
+                    await anyio.sleep(0.01)
+                while not any(
+                    channel in node.cli("pubsub", "shardchannels").split()
+                    for node in redis_cluster.nodes
+                ):
+                    await anyio.sleep(0.01)
+            old, new = await anyio.to_thread.run_sync(_move_slot, redis_cluster, slot)
+            with anyio.fail_after(20):  # the subscription moved with the slot
+                while channel not in new.cli("pubsub", "shardchannels").split():
+                    await anyio.sleep(0.02)
+            assert channel not in old.cli("pubsub", "shardchannels").split()
+            assert await lock.release(holder)
+            with anyio.fail_after(20):  # notified on the new master
+                while not got:
+                    await anyio.sleep(0.01)
+        assert got[0].fence > holder.fence
+        assert await lock.release(got[0])

@@ -17,63 +17,21 @@ import anyio
 import psycopg
 from psycopg import sql
 
-from threadlock._lease import Lease
+from threadlock.backends._waiting import WakeHub
 
-__all__ = ["Listener", "Waiter"]
+__all__ = ["Listener"]
 
 logger = logging.getLogger("threadlock")
 
 _LISTEN_BACKOFF_MAX = 2.0
 
 
-class Waiter:
-    """A local waiting acquire; the listener wakes it by its public id ``wid``.
-
-    A release by this same backend instance may hand it its lease directly (``granted``:
-    fence, acquired_at, expires_at), with no notification and no confirmation statement.
-    """
-
-    __slots__ = ("event", "granted", "wid", "woken")
-
-    def __init__(self, wid: str) -> None:
-        self.wid = wid
-        self.event: anyio.Event | None = None  # made when first waited on
-        self.woken = False
-        self.granted: tuple[int, float, float] | None = None
-
-    def wake(self) -> None:
-        self.woken = True
-        if self.event is not None:
-            self.event.set()
-
-    def grant(self, fence: int, acquired_at: float, expires_at: float) -> None:
-        self.granted = (fence, acquired_at, expires_at)
-        self.wake()
-
-    def clear(self) -> None:
-        if self.woken:
-            self.woken = False
-            self.event = None
-
-    async def wait(self, seconds: float) -> None:
-        if self.woken or seconds <= 0:
-            return
-        if self.event is None:
-            self.event = anyio.Event()
-        with anyio.move_on_after(seconds):
-            await self.event.wait()
-
-    def lease(self, key: str, token: str, ttl: float) -> Lease:
-        assert self.granted is not None
-        fence, acquired_at, expires_at = self.granted
-        return Lease(key, token, fence, ttl, acquired_at, expires_at)
-
-
 class Listener:
     """ONE listening connection per backend instance, multiplexed over all keys.
 
     It runs as a background task while local waiters exist (and ``idle`` seconds after the
-    last one left), dispatching each notification to the waiter whose id it carries. After
+    last one left), waking the waiter whose id a notification carries (the waiters are in
+    ``hub``, a :class:`threadlock.backends._waiting.WakeHub`, by key and waiter id). After
     every (re)connection and LISTEN it wakes all local waiters, so anything sent while it was
     not listening is re-checked.
 
@@ -86,15 +44,11 @@ class Listener:
         self._kwargs = kwargs
         self._channel = channel
         self._idle = idle
-        self._waiters: dict[str, Waiter] = {}
+        self.hub = WakeHub()
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._last_used = 0.0
         self.connects = 0  # how many times LISTEN was (re)established; for tests and logs
-
-    def register(self, waiter: Waiter) -> None:
-        """Make ``waiter`` reachable by its wid; cheap (no listening yet)."""
-        self._waiters[waiter.wid] = waiter
 
     def ensure_listening(self) -> None:
         """Start the listening task if it is not running (a waiter is about to sleep).
@@ -107,19 +61,20 @@ class Listener:
             loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._listen(), name=f"threadlock listen {self._channel}")
 
-    def unregister(self, waiter: Waiter) -> None:
-        if self._waiters.pop(waiter.wid, None) is not None and self._task is not None:
+    def left(self) -> None:
+        """A local waiter left (the hub has dropped it): the idle period starts again."""
+        if self._task is not None:
             self._last_used = anyio.current_time()
 
-    def deliver(self, wid: str, fence: int, acquired_at: float, expires_at: float) -> None:
-        """A release by this instance handed the lease of waiter ``wid`` over in-process."""
-        waiter = self._waiters.get(wid)
-        if waiter is not None:
-            waiter.grant(fence, acquired_at, expires_at)
-
     def _wake_all(self) -> None:
-        for waiter in list(self._waiters.values()):
-            waiter.wake()
+        self.hub.wake_all()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's task, connection and waiters without
+        closing anything (the connection is the parent's); the child listens anew."""
+        self._task = None
+        self._conn = None
+        self.hub.forget_all()
 
     def backend_pid(self) -> int | None:
         """The server pid of the listening connection (for fault-injection tests)."""
@@ -130,7 +85,8 @@ class Listener:
         backoff = 0.05
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
         while True:
-            if not self._waiters and anyio.current_time() - self._last_used >= self._idle:
+            idle_for = anyio.current_time() - self._last_used
+            if not self.hub.has_waiters() and idle_for >= self._idle:
                 return
             try:
                 conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
@@ -157,11 +113,9 @@ class Listener:
                 self._wake_all()  # re-check whatever was sent while we were not listening
                 while True:
                     async for notify in conn.notifies(timeout=self._idle):
-                        waiter = self._waiters.get(notify.payload)
-                        if waiter is not None:
-                            waiter.wake()
+                        self.hub.wake_id(notify.payload)  # only a re-check: it names no key
                     idle_for = anyio.current_time() - self._last_used
-                    if not self._waiters and idle_for >= self._idle:
+                    if not self.hub.has_waiters() and idle_for >= self._idle:
                         return
             except Exception as error:
                 logger.warning(

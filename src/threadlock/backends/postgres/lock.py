@@ -35,9 +35,8 @@ How it keeps its promises (the SQL is in ``sql/``, the statements in
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,9 +48,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_positive
+from threadlock.backends._waiting import Grant, TokenFactory, on_fork
 from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
 from threadlock.backends.postgres import schema as _schema
-from threadlock.backends.postgres.listener import Listener, Waiter
+from threadlock.backends.postgres.listener import Listener
 from threadlock.backends.postgres.pool import Connections
 from threadlock.backends.postgres.registry import Registry, forged
 from threadlock.backends.postgres.statements import (
@@ -74,6 +74,9 @@ _MIN_RETRY_AFTER = 0.001
 # types reach 294276 AD); anything longer is refused as a ValueError before any SQL runs.
 _MAX_TTL = 1e11
 _SCHEMES = ("postgresql", "postgres")
+#: One uncontended grant in this many starts a sweep (a statement of its own, in the
+#: background): expired leases of keys nobody touches again and dead waiter rows go away.
+_SWEEP_EVERY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,12 @@ class _Attempt:
     def busy(self, key: str) -> ThreadBusy:
         left = self.left if self.left is not None else _MIN_RETRY_AFTER
         return ThreadBusy(key, max(left, _MIN_RETRY_AFTER), self.holder)
+
+
+def _lease(key: str, token: str, ttl: float, grant: Grant) -> Lease:
+    """The lease a release of this instance handed a local waiter in-process."""
+    fence, acquired_at, expires_at = grant
+    return Lease(key, token, fence, ttl, acquired_at, expires_at)
 
 
 class PostgresThreadLock(BaseThreadLock):
@@ -183,7 +192,6 @@ class PostgresThreadLock(BaseThreadLock):
         if not isinstance(listen_idle, (int, float)) or not listen_idle > 0:
             raise ValueError(f"listen_idle must be a number > 0, got {listen_idle!r}")
         self._statement_timeout = check_positive(statement_timeout, "statement_timeout")
-        self._pool = pool
         self._db = Connections(
             pool,
             owns_pool=owns_pool,
@@ -196,11 +204,11 @@ class PostgresThreadLock(BaseThreadLock):
         self._heartbeat = self._grace / 3
         self._channel = f"{self._table}_grants"
         self._lockclass = lock_class(self._table)
-        # Tokens and waiter ids: a random per-instance prefix and a counter (unique, and one
-        # getrandom() per instance rather than per acquire). The prefix also tells a release
-        # which waiters are this instance's own, to hand them their lease in-process.
-        self._instance = secrets.token_hex(8)
-        self._counter = itertools.count()
+        # Tokens are 128 random bits; a waiter id (published by NOTIFY) is the instance's
+        # random prefix and 64 more random bits, so it tells nothing of any token. The prefix
+        # tells a release which waiters are this instance's own, to hand them their lease
+        # in-process; it is new in a forked child (see _waiting.py).
+        self._ids = TokenFactory()
         pool_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
         kwargs = {k: v for k, v in pool_kwargs.items() if k not in ("autocommit", "row_factory")}
         kwargs.setdefault("keepalives", 1)
@@ -215,6 +223,9 @@ class PostgresThreadLock(BaseThreadLock):
         )
         self._sql = Statements(self._table, self._schema)
         self._registry = Registry(self._execute, self._sql, self._check_open)
+        self._grants = 0
+        self._sweeping: asyncio.Task[None] | None = None
+        on_fork(self)
 
     @classmethod
     def from_url(
@@ -276,8 +287,12 @@ class PostgresThreadLock(BaseThreadLock):
             "`await lock.create_schema()` or `threadlock create-schema --url ...` once"
         )
 
-    def _new_id(self) -> str:
-        return f"{self._instance}{next(self._counter):x}"
+    def _after_fork(self) -> None:
+        """In a forked child: a new listener state and, for a pool the backend owns and had
+        opened, a new pool (the parent's connections and tasks are left to the parent)."""
+        self._listener.after_fork()
+        self._db.after_fork()
+        self._sweeping = None
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -315,10 +330,13 @@ class PostgresThreadLock(BaseThreadLock):
         Whether a live lease was released is returned. A full lease the statement handed to a
         waiter of this instance is passed to that waiter in-process.
         """
-        rows = await self._execute(self._sql.release, (key, token, self._relaxed, self._instance))
+        rows = await self._execute(
+            self._sql.release, (key, token, self._relaxed, self._ids.instance)
+        )
         released, wid, fence, acquired_at, expires_at = rows[0]
-        if wid is not None:
-            self._listener.deliver(str(wid), int(fence), float(acquired_at), float(expires_at))
+        if wid is not None:  # a waiter of this instance, on this key (the hub checks both)
+            grant = (int(fence), float(acquired_at), float(expires_at))
+            self._listener.hub.deliver(key, str(wid), grant)
         return bool(released)
 
     async def _attempt(
@@ -336,7 +354,27 @@ class PostgresThreadLock(BaseThreadLock):
             self._sql.acquire,
             (key, token, wid, owner, ttl, self._grace, enqueue, seq, self._relaxed),
         )
-        return _Attempt.from_row(key, rows[0])
+        attempt = _Attempt.from_row(key, rows[0])
+        if seq is None and attempt.status == "granted":  # a free key: count towards a sweep
+            self._grants += 1
+            if self._grants % _SWEEP_EVERY == 0:
+                self._start_sweep()
+        return attempt
+
+    def _start_sweep(self) -> None:
+        """Run the sweep in the background, unless one is running: its own statement, so it
+        never runs while an acquire holds the key's advisory lock, and never delays one."""
+        if self._closed or (self._sweeping is not None and not self._sweeping.done()):
+            return
+        self._sweeping = asyncio.get_running_loop().create_task(
+            self._sweep(), name="threadlock postgres sweep"
+        )
+
+    async def _sweep(self) -> None:
+        try:
+            await self._execute(self._sql.sweep)
+        except Exception:  # the next sweep tries again; nothing waits for this one
+            logger.debug("threadlock postgres sweep failed", exc_info=True)
 
     async def _withdraw_shielded(self, key: str, token: str) -> None:
         """:meth:`_release_or_withdraw` for an acquire that was cancelled or timed out.
@@ -373,7 +411,7 @@ class PostgresThreadLock(BaseThreadLock):
     async def _acquire(self, key: str, ttl: float, timeout: float | None) -> Lease:
         self._check_ttl(ttl)
         owner = self._task_owner()
-        token = self._new_id()
+        token = self._ids.token()
         await anyio.lowlevel.checkpoint_if_cancelled()
         if timeout == 0:
             try:
@@ -389,21 +427,21 @@ class PostgresThreadLock(BaseThreadLock):
         # Registered before the first attempt (a dict entry), so that a release by this
         # instance can hand it the key from then on; the listening connection is only started
         # once the attempt says we have to wait.
-        waiter = Waiter(self._new_id())
-        self._listener.register(waiter)
+        hub = self._listener.hub
+        waiter = hub.add_waiter(key, self._ids.waiter_id())
         deadline = None if timeout is None else anyio.current_time() + timeout
         seq: int | None = None
         try:
             while True:
                 waiter.clear()  # a wake-up from now on means "re-check"
                 attempt = await self._attempt(
-                    key, token, waiter.wid, owner, ttl, enqueue=True, seq=seq
+                    key, token, waiter.id, owner, ttl, enqueue=True, seq=seq
                 )
                 await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled at the grant: give back
                 if attempt.status == "granted":
                     return attempt.lease(key, token, ttl)
-                if waiter.granted is not None:  # handed over while our statement ran
-                    return waiter.lease(key, token, ttl)
+                if waiter.grant is not None:  # handed over while our statement ran
+                    return _lease(key, token, ttl, waiter.grant)
                 if self._closed:
                     raise BackendError("PostgresThreadLock was closed while waiting")
                 self._listener.ensure_listening()
@@ -418,15 +456,16 @@ class PostgresThreadLock(BaseThreadLock):
                     wait = min(wait, max(attempt.left, 0.0) + 0.002)
                 if deadline is not None:
                     wait = min(wait, deadline - now)
-                await waiter.wait(wait)
-                if waiter.granted is not None:  # a release by this instance handed it over
+                await waiter.sleep(wait)
+                if waiter.grant is not None:  # a release by this instance handed it over
                     await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled: give back
-                    return waiter.lease(key, token, ttl)
+                    return _lease(key, token, ttl, waiter.grant)
         except BaseException:
             await self._withdraw_shielded(key, token)
             raise
         finally:
-            self._listener.unregister(waiter)
+            hub.remove_waiter(key, waiter)
+            self._listener.left()
 
     async def _release(self, lease: Lease) -> bool:
         if forged(lease):
@@ -496,5 +535,9 @@ class PostgresThreadLock(BaseThreadLock):
         return await self._registry.advance_chain(lease, expected, new)
 
     async def _aclose(self) -> None:
+        sweeping, self._sweeping = self._sweeping, None
+        if sweeping is not None and not sweeping.done():
+            with anyio.move_on_after(self._release_timeout, shield=True):
+                await asyncio.gather(sweeping, return_exceptions=True)
         await self._listener.aclose()
         await self._db.aclose()

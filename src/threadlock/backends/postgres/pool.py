@@ -18,6 +18,10 @@ from threadlock.errors import BackendError
 
 __all__ = ["Connections"]
 
+#: Pools a forked child inherited open from its parent. Kept, never closed nor collected, in
+#: the child: closing one of their connections would end the parent's session.
+_INHERITED: list[AsyncConnectionPool[Any]] = []
+
 
 class Connections:
     """A pool, opened on first use if the backend owns it, and the statement runner.
@@ -95,6 +99,26 @@ class Connections:
             raise BackendError(self._missing) from error
         except psycopg.Error as error:
             raise BackendError(f"Postgres error: {error}") from error
+
+    def after_fork(self) -> None:
+        """In a forked child: a pool the backend owns and had opened is replaced by a new,
+        unopened one with the same settings (opened on first use); the parent's is left as
+        it is. A pool the caller passed in is the caller's to build after the fork."""
+        self._open_lock = None
+        if not (self.owns_pool and self._opened):
+            return
+        old = self.pool
+        _INHERITED.append(old)
+        self.pool = AsyncConnectionPool(
+            old.conninfo,
+            open=False,
+            min_size=old.min_size,
+            max_size=old.max_size,
+            timeout=old.timeout,
+            kwargs=old.kwargs,
+            name=old.name,
+        )
+        self._opened = False
 
     async def aclose(self) -> None:
         """Close the pool if the backend owns it and opened it (shielded)."""

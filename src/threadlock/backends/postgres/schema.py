@@ -166,6 +166,9 @@ async def _apply(
         ),
         "v1_release_signature": sql.Literal(f'"{schema}"."{table}_release"(text, text)'),
         "sweep": name("_sweep"),
+        "waiters_alive_index": sql.Identifier(f"{table}_w_alive"),  # migration 4
+        "leases_expires_index": sql.Identifier(f"{table}_expires"),  # migration 4
+        "runs_order_index": sql.Identifier(f"{table}_runs_order"),  # migration 4
         "acquire": name("_acquire"),
         "release": name("_release"),
         "extend": name("_extend"),

@@ -58,6 +58,7 @@ class Statements:
         "held",
         "inspect",
         "release",
+        "sweep",
         "track",
         "tracked_all",
         "tracked_key",
@@ -80,6 +81,7 @@ class Statements:
                 name("_release")
             )
         )
+        self.sweep = _render(sql.SQL("SELECT {}(clock_timestamp())").format(name("_sweep")))
         self.extend = _render(
             sql.SQL("SELECT * FROM {}(%s::text, %s::text, %s::float8)").format(name("_extend"))
         )

@@ -1,12 +1,16 @@
 """What the backend does differently on Redis Cluster.
 
 - One pub/sub connection per master: a waiter subscribes on the master that serves its
-  key's slot (sharded pub/sub, ``SSUBSCRIBE``, Redis 7+).
+  key's slot (sharded pub/sub, ``SSUBSCRIBE``, Redis 7+). When the slot moves, the old master
+  drops the channel; the wake hub reloads the slot map (:func:`refresh_slots`) and subscribes
+  it on the new master.
 - redis-py 8.1's :class:`~redis.asyncio.cluster.RedisCluster` fails when its first commands
   run concurrently before it loaded the slot map, so the backend loads it once, first.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import anyio
 import redis.asyncio as aioredis
@@ -48,6 +52,12 @@ def subscriber_name(client: aioredis.Redis | RedisCluster, channel: str) -> str:
     return str(node.name)
 
 
+async def refresh_slots(client: aioredis.Redis | RedisCluster) -> None:
+    """Reload a cluster client's slot map (after a slot moved); a no-op elsewhere."""
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.initialize()
+
+
 def new_pubsub(client: aioredis.Redis | RedisCluster, channel: str) -> PubSub:
     """A pub/sub object for ``channel``: on Cluster with its own pool to the channel's master
     (``RedisCluster`` has no ``pubsub()`` of its own), else the client's."""
@@ -60,3 +70,20 @@ def new_pubsub(client: aioredis.Redis | RedisCluster, channel: str) -> PubSub:
         )
         return PubSub(connection_pool=pool, encoder=client.get_encoder())
     return client.pubsub()
+
+
+def forget_connections(client: aioredis.Redis | RedisCluster) -> None:
+    """In a forked child: drop the parent's pooled connections without closing them (their
+    sockets are the parent's, and so is the event loop they belong to); the child connects
+    anew on first use."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():
+            free = getattr(node, "_free", None)
+            if free is not None:
+                free.clear()
+            if isinstance(getattr(node, "_connections", None), list):
+                node._connections = []
+        return
+    pool = client.connection_pool
+    pool.reset()  # type: ignore[no-untyped-call]
+    pool._lock = asyncio.Lock()  # a parent's waiter may have bound it to the parent's loop

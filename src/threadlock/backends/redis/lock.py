@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +22,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_positive
+from threadlock.backends._waiting import TokenFactory, Waiter, on_fork
 from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
+from threadlock.backends.redis.cluster import forget_connections
 from threadlock.backends.redis.keys import KeyNames, NameCache, scan_pattern, text, ttl_ms
 from threadlock.backends.redis.keys import waiter_id as make_waiter_id
 from threadlock.backends.redis.registry import (
@@ -36,7 +35,7 @@ from threadlock.backends.redis.registry import (
 )
 from threadlock.backends.redis.scripts import RedisCommands, for_each_bounded
 from threadlock.backends.redis.urls import client_from_url
-from threadlock.backends.redis.wakeup import Waiter, WakeHub
+from threadlock.backends.redis.wakeup import PubSubHub
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
 from threadlock.observe import Observer
 
@@ -49,18 +48,6 @@ _MIN_RETRY_AFTER = 0.001
 #: (doubles), exact up to 2**53 µs since the epoch; anything longer is a ValueError.
 _MAX_TTL = 1e9
 _MODES = {"try": b"t", "wait": b"w", "last": b"l"}
-
-#: Every backend instance, so a forked child draws fresh randomness (see _token).
-_INSTANCES: weakref.WeakSet[RedisThreadLock] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for instance in list(_INSTANCES):
-        instance._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
@@ -135,16 +122,14 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         self._modes = {mode: self._pub + letter for mode, letter in _MODES.items()}
         self._owns_client = _owns_client
         self._names = NameCache(prefix)
-        self._random = b""
-        self._random_at = 0
-        self._instance = secrets.token_hex(6)  # names this instance's acquires (tombstones)
+        self._ids = TokenFactory()  # tokens, and the prefix of this instance's tombstones
         self._attempts = 0
         #: On a plain server (pub/sub not sharded) every waiter of this instance is notified
         #: on one channel, subscribed once; sharded pub/sub (Cluster) needs the key's own.
         self._per_instance = not self._sharded and not self._cluster
-        self._wakeup = WakeHub(client, sharded=self._sharded, release_timeout=release_timeout)
+        self._wakeup = PubSubHub(client, sharded=self._sharded, release_timeout=release_timeout)
         self._wakeup.inbox = self._inbox_name()
-        _INSTANCES.add(self)
+        on_fork(self)
         self._entering: dict[str, list[asyncio.Event]] = {}  # key -> acquires in line
         self._heartbeat = self._grace / 3
         self._grace_ms = str(ttl_ms(self._grace)).encode()
@@ -191,22 +176,22 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
     # -- internals -------------------------------------------------------------------------------
 
     def _token(self) -> str:
-        """A lease token: 128 random bits, from a buffer refilled 4 KiB at a time (one
-        ``getrandom`` call per 256 tokens instead of one per token). The buffer is this
-        instance's (an instance serves one event loop) and is dropped in a forked child."""
-        at = self._random_at
-        if at >= len(self._random):
-            self._random = os.urandom(4096)
-            at = 0
-        self._random_at = at + 16
-        return self._random[at : at + 16].hex()
+        """A lease token: 128 random bits (see :class:`.TokenFactory`; new in a fork)."""
+        return self._ids.token()
+
+    @property
+    def _instance(self) -> str:
+        """This instance's random name (its inbox, its tombstones); new in a forked child."""
+        return self._ids.instance
 
     def _after_fork(self) -> None:
-        self._random = b""
-        self._random_at = 0
-        self._instance = secrets.token_hex(6)
+        """In a forked child: new names, and nothing of the parent's connections or waiters
+        (the child opens its own; the parent's sockets are left to the parent)."""
         self._attempts = 0
+        self._entering.clear()
+        self._wakeup.after_fork()
         self._wakeup.inbox = self._inbox_name()
+        forget_connections(self._client)
 
     def _inbox_name(self) -> str:
         return f"{self._prefix}:inbox:{self._instance}" if self._per_instance else ""

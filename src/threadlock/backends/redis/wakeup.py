@@ -26,7 +26,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
-from threadlock.backends.redis.cluster import new_pubsub, subscriber_name
+from threadlock.backends._waiting import Grant, Waiter
+from threadlock.backends._waiting import WakeHub as _WakeHub
+from threadlock.backends.redis.cluster import new_pubsub, refresh_slots, subscriber_name
 from threadlock.backends.redis.keys import text
 
 logger = logging.getLogger("threadlock")
@@ -39,12 +41,7 @@ _LINGER = 1.0
 #: Grants kept for waiters that have not registered locally (yet), at most.
 _EARLY_KEPT = 256
 
-Grant = tuple[int, int, int]  # fence, acquired µs, expires µs
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+# A grant here is (fence, acquired µs, expires µs).
 
 
 def parse_grant(data: object) -> tuple[str, Grant | None] | None:
@@ -61,40 +58,6 @@ def parse_grant(data: object) -> tuple[str, Grant | None] | None:
     return parts[0], grant
 
 
-class Waiter:
-    """A local task waiting on a key, woken to re-check or, with the grant, to claim it."""
-
-    __slots__ = ("_future", "grant", "id", "woken")
-
-    def __init__(self, waiter_id: str) -> None:
-        self.id = waiter_id
-        self.woken = False
-        #: What the notification said (a hint: the next acquire attempt checks and claims).
-        self.grant: Grant | None = None
-        self._future: asyncio.Future[None] | None = None
-
-    def wake(self, grant: Grant | None = None) -> None:
-        if grant is not None:
-            self.grant = grant
-        self.woken = True
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def sleep(self, delay: float) -> None:
-        """Until woken or ``delay`` seconds passed (a plain future and one timer)."""
-        if self.woken or delay <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        future = self._future = loop.create_future()
-        handle = loop.call_later(delay, _resolve, future)
-        try:
-            await future
-        finally:
-            handle.cancel()
-            self._future = None
-
-
 class Subscriber:
     """One pub/sub connection, shared by many channels, and the task that reads it.
 
@@ -102,7 +65,7 @@ class Subscriber:
     backend has no task group of its own to start it in) and is cancelled by :meth:`aclose`.
     """
 
-    def __init__(self, hub: WakeHub, pubsub: PubSub, sharded: bool) -> None:
+    def __init__(self, hub: PubSubHub, pubsub: PubSub, sharded: bool) -> None:
         self._hub = hub
         self.pubsub = pubsub
         self._sharded = sharded
@@ -176,8 +139,23 @@ class Subscriber:
                 continue
             failures = 0
             if message is not None:
+                if message.get("type") == "sunsubscribe":
+                    self._server_unsubscribed(message.get("channel"))
                 self._hub.dispatch(message)
                 self._dispatched = True
+
+    def _server_unsubscribed(self, channel: object) -> None:
+        """A ``sunsubscribe`` we did not ask for: the server dropped the channel because its
+        slot moved to another master (Cluster). Forget it here, and have the hub subscribe
+        it again where it lives now."""
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if not isinstance(channel, str) or channel not in self.channels:
+            return  # the answer to our own unsubscribe
+        self.channels.discard(channel)
+        self.pubsub.shard_channels.pop(channel, None)  # not re-subscribed here on reconnect
+        self.pubsub.shard_channels.pop(channel.encode(), None)
+        self._hub.moved(channel)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -191,9 +169,9 @@ class Subscriber:
             logger.debug("closing the redis subscriber failed", exc_info=True)
 
 
-class WakeHub:
-    """The local waiters of one backend instance, by channel, and the subscribers that
-    wake them.
+class PubSubHub(_WakeHub):
+    """The local waiters of one backend instance, by channel (the shared
+    :class:`threadlock.backends._waiting.WakeHub`), and the subscribers that wake them.
 
     On a plain server every waiter of the instance is notified on the instance's own
     channel, the ``inbox`` (subscribed at the first wait and kept for the life of the
@@ -208,10 +186,10 @@ class WakeHub:
         self._client = client
         self._sharded = sharded
         self._release_timeout = release_timeout
+        super().__init__()
         #: the instance's own channel ("" with sharded pub/sub); set by the backend
         self.inbox = ""
         self.closed = False
-        self._waiting: dict[str, dict[str, Waiter]] = {}
         self._subscribers: dict[str, Subscriber] = {}
         self._unsubscribing: set[asyncio.Task[None]] = set()
         self._idle: dict[str, float] = {}  # channel -> when its last local waiter left
@@ -223,27 +201,13 @@ class WakeHub:
 
     def add_waiter(self, channel: str, waiter_id: str) -> Waiter:
         """Register a local waiter on ``channel``; one already granted is woken at once."""
-        waiter = Waiter(waiter_id)
-        waiters = self._waiting.get(channel)
-        if waiters is None:
-            waiters = self._waiting[channel] = {}
+        if channel not in self._waiting:
             self._idle.pop(channel, None)
-        waiters[waiter.id] = waiter
+        waiter = super().add_waiter(channel, waiter_id)
         early = self._early_grants.pop(waiter.id, None)
         if early is not None:  # granted before it got here (see dispatch)
             waiter.wake(early)
         return waiter
-
-    def waiter(self, channel: str, waiter_id: str) -> Waiter | None:
-        return self._waiting.get(channel, {}).get(waiter_id)
-
-    def has_waiters(self, channel: str) -> bool:
-        return bool(self._waiting.get(channel))
-
-    def wake_all(self, channel: str) -> None:
-        """Make every local waiter of ``channel`` re-check."""
-        for waiter in list(self._waiting.get(channel, {}).values()):
-            waiter.wake()
 
     def dispatch(self, message: dict[str, Any]) -> None:
         """Handle one pub/sub message. Anything that is not a well-formed message for this
@@ -259,7 +223,7 @@ class WakeHub:
             if parsed is None:
                 return
             waiter_id, grant = parsed
-            waiter = self._waiting.get(channel, {}).get(waiter_id)
+            waiter = self.waiter(channel, waiter_id)
             if waiter is not None:
                 waiter.wake(grant)
             elif grant is not None:
@@ -274,6 +238,27 @@ class WakeHub:
             self.wake_all(channel)
 
     # -- subscriptions ------------------------------------------------------------------------
+
+    def moved(self, channel: str) -> None:
+        """``channel``'s slot moved: its local waiters re-check (a grant published during the
+        move was missed), and it is subscribed again on its new master, if still needed."""
+        self.wake_all(channel)
+        if self.closed or not self.has_waiters(channel):
+            return  # a later waiter subscribes where the channel lives then
+        self._in_background(asyncio.get_running_loop(), self._follow(channel))
+
+    async def _follow(self, channel: str) -> None:
+        with anyio.move_on_after(self._release_timeout, shield=True):
+            try:
+                await refresh_slots(self._client)
+                await self.subscribe(channel)
+            except Exception:  # the waiters still have their re-checks
+                logger.warning(
+                    "threadlock could not follow %r to its new master",
+                    channel,
+                    exc_info=True,
+                    extra={"event": "redis.subscribe_failed"},
+                )
 
     def _subscriber(self, channel: str) -> Subscriber:
         name = subscriber_name(self._client, channel)
@@ -298,11 +283,7 @@ class WakeHub:
         next waiter on a busy key needs no SUBSCRIBE either, then one background task
         unsubscribes every channel that is still idle.
         """
-        waiters = self._waiting.get(channel)
-        if waiters is not None:
-            waiters.pop(waiter.id, None)
-            if not waiters:
-                del self._waiting[channel]
+        super().remove_waiter(channel, waiter)
         if (
             channel in self._waiting
             or channel == self.inbox  # subscribed for the life of the instance
@@ -344,13 +325,21 @@ class WakeHub:
         self._unsubscribing.add(task)
         task.add_done_callback(self._unsubscribing.discard)
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's waiters, subscribers and timers without
+        touching their connections (the parent's); the child subscribes anew when it waits."""
+        self.forget_all()
+        self._subscribers = {}
+        self._unsubscribing = set()
+        self._idle.clear()
+        self._early_grants.clear()
+        self._idle_sweep = None
+
     async def aclose(self, *, cluster: bool) -> None:
         """Wake every waiter (to find the backend closed), let unsubscriptions in flight
         land (bounded) and close the subscribers. Shielded."""
         self.closed = True
-        for waiters in self._waiting.values():
-            for waiter in waiters.values():
-                waiter.wake()
+        self.wake_all()
         subscribers = list(self._subscribers.values())
         self._subscribers.clear()
         if self._idle_sweep is not None:

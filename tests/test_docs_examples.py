@@ -21,6 +21,11 @@ import pytest
 
 from _docblocks import Block, blocks, pages
 
+# the docs show guard_thread and recovery, which drive the SDK's Assistants API (it warns)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The Assistants API is deprecated:DeprecationWarning"
+)
+
 _ALL = [block for page in pages() for block in blocks(page)]
 _ENV = ("REDIS_URL", "THREADLOCK_URL", "DATABASE_URL", "OPENAI_API_KEY")
 

@@ -35,7 +35,11 @@ from threadlock.openai import guard_conversation, guard_thread, recover_orphaned
 from threadlock.protocol import RunRecord
 from threadlock.testing import FakeOpenAI
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # the thread guard and recovery drive the SDK's Assistants API, which warns on every call
+    pytest.mark.filterwarnings("ignore:The Assistants API is deprecated:DeprecationWarning"),
+]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -117,9 +117,10 @@ async def _burst(
             else:
                 result.lost += 1
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(workers):
-            tg.start_soon(worker)
+    with receive:
+        async with anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker)
     result.wall = time.perf_counter() - started
     for conversation in conversations:
         result.out_of_order += _out_of_order(sent[conversation], await accepted(conversation))

@@ -460,7 +460,7 @@ async def test_pg_queue_loses_no_message_across_sigkill_and_restart(queue_dsn: s
         )
     finally:
         first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        first.communicate(timeout=10)  # reads and closes its pipe
     async with await psycopg.AsyncConnection.connect(queue_dsn) as conn:
         cur = await conn.execute(
             "SELECT id FROM bot_inbox WHERE started_at IS NOT NULL AND answered_at IS NULL"
@@ -479,10 +479,10 @@ async def test_pg_queue_loses_no_message_across_sigkill_and_restart(queue_dsn: s
     finally:
         second.send_signal(signal.SIGTERM)
         try:
-            second.wait(timeout=15)
+            second.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             second.kill()
-            second.wait()
+            second.communicate()
 
     report = await example.report(queue_dsn)
     assert report["answered"] == report["messages"] == 20

@@ -22,6 +22,8 @@ from threadlock.testing import FakeOpenAI
 
 pytestmark = [
     pytest.mark.anyio,
+    # guard_thread and recovery drive the SDK's Assistants API, which warns on every call
+    pytest.mark.filterwarnings("ignore:The Assistants API is deprecated:DeprecationWarning"),
     # The worker is another process: only backends whose store outlives it take part.
     pytest.mark.parametrize(
         "backend_case", [("redis", "asyncio"), ("postgres", "asyncio")], ids=["redis", "postgres"]
@@ -75,7 +77,7 @@ class _Worker:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()  # SIGKILL
-        self.proc.wait(timeout=10)
+        self.proc.communicate(timeout=10)  # reads and closes both pipes
 
 
 @pytest.fixture

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
     Backend = MemoryThreadLock | RedisThreadLock | PostgresThreadLock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # the thread guard and recovery drive the SDK's Assistants API, which warns on every call
+    pytest.mark.filterwarnings("ignore:The Assistants API is deprecated:DeprecationWarning"),
+]
 
 
 async def _orphan_run(fake: FakeOpenAI, lock: Backend, age: float) -> tuple[str, str]:

@@ -203,7 +203,7 @@ async def test_sigkilled_waiter_process_is_skipped_within_the_grace(
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.communicate(timeout=10)  # reads and closes both pipes
 
 
 async def test_exclusion_across_four_processes(pg_dsn: str, pg_table: str, tmp_path: Path) -> None:

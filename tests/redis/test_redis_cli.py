@@ -12,6 +12,11 @@ from threadlock.backends.redis import RedisThreadLock
 from threadlock.cli import EXIT_OK, EXIT_PROBLEM, main
 from threadlock.testing import FakeOpenAI
 
+# `recover` drives the SDK's Assistants API, which warns on every call
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The Assistants API is deprecated:DeprecationWarning"
+)
+
 
 @pytest.fixture
 def url(redis_url: str, prefix: str) -> str:

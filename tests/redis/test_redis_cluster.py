@@ -15,6 +15,9 @@ from threadlock.backends.redis import RedisThreadLock
 from threadlock.protocol import RunRecord
 from threadlock.testing import BackendConformance
 
+# One worker starts the three-node cluster (module scope) and runs all of it.
+pytestmark = pytest.mark.xdist_group("redis-cluster")
+
 
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[RedisCluster3]:

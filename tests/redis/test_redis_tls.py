@@ -23,6 +23,9 @@ from _servers.redis_server import RedisServer, free_port, require_redis_server, 
 from threadlock.backends.redis import RedisThreadLock
 from threadlock.errors import ThreadBusy
 
+# One worker makes the certificate and starts the TLS server (module scope) for all of it.
+pytestmark = pytest.mark.xdist_group("redis-tls")
+
 
 def _skip(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":

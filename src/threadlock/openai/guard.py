@@ -302,6 +302,11 @@ class ConversationTurn(_Turn):
     @overload
     async def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> Response: ...
 
+    @overload
+    async def create(
+        self, *, stream: bool, **kwargs: Any
+    ) -> Response | GuardedStream[RawResponseStreamEvent]: ...
+
     async def create(
         self, *, stream: bool = False, **kwargs: Any
     ) -> Response | GuardedStream[RawResponseStreamEvent]:

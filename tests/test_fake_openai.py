@@ -797,3 +797,19 @@ async def test_stream_read_timeout_is_the_sdk_timeout() -> None:
         async for _ in stream:
             pass
     assert fake.active_response(conv) is None  # the SDK closed the stream on its way out
+
+
+async def test_lost_stream_is_served_in_full_then_answered_with_the_fault(
+    fake: FakeOpenAI,
+) -> None:
+    conv = fake.add_conversation()
+    fault = fake.inject("POST", "/responses", status=500, apply_effect=True)
+    with pytest.raises(openai.InternalServerError):
+        await fake.client().responses.create(
+            model=MODEL, conversation=conv, input="lost", stream=True
+        )
+    assert fault.hits == 1
+    assert fake.conversation_inputs(conv) == ["lost"]
+    assert fake.active_response(conv) is None  # generated to its end, not left locked
+    items = await fake.client().conversations.items.list(conv, order="asc")
+    assert [item.type for item in items.data] == ["message", "message"]

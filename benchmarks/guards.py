@@ -3,13 +3,15 @@
     python -m benchmarks.guards            # full run, writes benchmarks/results/guards.{json,md}
     python -m benchmarks.guards --quick    # a smoke run (no file written)
 
-It reports three things:
+It reports four things:
 
 * API calls per guarded turn, from FakeOpenAI's counters: a conversation turn must cost no call
   beyond the user's own when nothing is tracked; an Assistants turn at most one extra call
   (``runs.list(limit=1)``) plus polling.
 * The guard's own time per turn: a guarded turn minus a bare turn, both against a fake whose
   responses take no time, so what is left is the lock, the registry and the guard's Python.
+* The same two for a streamed conversation turn (``turn.stream(...)`` read to its end, against
+  a bare ``client.responses.stream(...)``).
 * ``recover_orphaned_runs`` over many registered threads at several ``concurrency`` values,
   with a fixed per-request latency, against the lower bound calls x latency / concurrency.
 """
@@ -111,6 +113,39 @@ async def guard_overhead(turns: int) -> dict[str, Any]:
     }
 
 
+async def streaming(turns: int) -> dict[str, Any]:
+    fake = FakeOpenAI(response_duration=0)
+    client = fake.client()
+    lock = MemoryThreadLock()
+    conversation = fake.add_conversation()
+
+    async def bare(index: int) -> None:
+        async with client.responses.stream(
+            model="m", conversation=conversation, input=f"b{index}"
+        ) as stream:
+            await stream.until_done()
+
+    async def guarded(index: int) -> None:
+        async with (
+            guard_conversation(client, conversation, lock=lock) as turn,
+            turn.stream(model="m", input=f"g{index}") as stream,
+        ):
+            await stream.until_done()
+
+    bare_s = await _timed(turns, bare)
+    fake.reset_counters()
+    guarded_s = await _timed(turns, guarded)
+    warm_up = min(20, turns)
+    return {
+        "turns": turns,
+        "calls_per_turn": fake.requests / (turns + warm_up),
+        "extra_calls_per_turn": fake.requests / (turns + warm_up) - 1,
+        "bare_turn_p50_ms": _pct(bare_s, 0.5) * 1e3,
+        "guarded_turn_p50_ms": _pct(guarded_s, 0.5) * 1e3,
+        "overhead_p50_ms": (_pct(guarded_s, 0.5) - _pct(bare_s, 0.5)) * 1e3,
+    }
+
+
 async def recovery(threads: int, latency: float, concurrencies: list[int]) -> list[dict[str, Any]]:
     rows = []
     for concurrency in concurrencies:
@@ -146,6 +181,7 @@ async def recovery(threads: int, latency: float, concurrencies: list[int]) -> li
 def _markdown(doc: dict[str, Any]) -> str:
     calls = doc["calls_per_turn"]
     over = doc["guard_overhead"]
+    stream = doc["streaming"]
     lines = [
         "# OpenAI guards and recovery (FakeOpenAI, memory backend)",
         "",
@@ -177,6 +213,18 @@ def _markdown(doc: dict[str, Any]) -> str:
         "",
         f"Target: overhead p50 < 1 ms — {'PASS' if over['overhead_p50_ms'] < 1 else 'MISS'}",
         "",
+        "## Streamed conversation turns (`turn.stream`, read to the end)",
+        "",
+        "| measure | value | target |",
+        "| --- | ---: | --- |",
+        f"| calls per turn | {stream['calls_per_turn']:.2f} | |",
+        f"| beyond the user's own | {stream['extra_calls_per_turn']:.2f} | 0 — "
+        f"{'PASS' if stream['extra_calls_per_turn'] == 0 else 'MISS'} |",
+        f"| bare `responses.stream` p50 ms | {stream['bare_turn_p50_ms']:.3f} | |",
+        f"| guarded streamed turn p50 ms | {stream['guarded_turn_p50_ms']:.3f} | |",
+        f"| overhead p50 ms (guarded - bare) | {stream['overhead_p50_ms']:.3f} | < 1 — "
+        f"{'PASS' if stream['overhead_p50_ms'] < 1 else 'MISS'} |",
+        "",
         "## recover_orphaned_runs",
         "",
         f"{doc['recovery'][0]['threads']} threads, each with an orphaned run; every request "
@@ -206,6 +254,7 @@ async def run(quick: bool) -> dict[str, Any]:
     return {
         "calls_per_turn": await calls_per_turn(turns),
         "guard_overhead": await guard_overhead(turns),
+        "streaming": await streaming(turns),
         "recovery_latency_s": latency,
         "recovery": await recovery(threads, latency, concurrencies),
     }

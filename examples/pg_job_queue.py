@@ -51,7 +51,7 @@ from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.jobs import Job
 
 import threadlock
-from threadlock.backends.postgres import PostgresThreadLock
+from threadlock import PostgresThreadLock
 from threadlock.testing import FakeOpenAI
 
 MODEL = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")

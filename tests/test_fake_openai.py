@@ -673,3 +673,143 @@ def test_constructor_validates() -> None:
         FakeOpenAI(response_duration=float("nan"))
     with pytest.raises(ValueError, match="status"):
         FakeOpenAI().inject("GET", "/x", status=200)
+
+
+# ------------------------------------------------------------------ streaming
+
+
+async def test_stream_sends_the_real_event_sequence_and_locks_until_read() -> None:
+    fake = FakeOpenAI(response_duration=1.0)
+    client = fake.client()
+    conv = fake.add_conversation()
+    stream = await client.responses.create(
+        model=MODEL, conversation=conv, input="one two", stream=True
+    )
+    events = []
+    async for event in stream:
+        events.append(event)
+        if event.type != "response.completed":
+            assert fake.active_response(conv) == events[0].response.id
+            with pytest.raises(openai.BadRequestError, match="Another process"):
+                await client.conversations.items.create(
+                    conv, items=[{"role": "user", "content": "meanwhile"}]
+                )
+        if event.type == "response.output_text.delta":
+            fake.advance(0.5)  # the next delta is due at once
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    done = events[-1].response
+    assert done.status == "completed"
+    assert done.output_text == "Reply to: one two"
+    assert fake.active_response(conv) is None
+    assert fake.conversation_inputs(conv) == ["one two"]
+    items = await client.conversations.items.list(conv, order="asc")
+    assert [item.type for item in items.data] == ["message", "message"]
+
+
+async def test_sdk_stream_helper_accumulates_the_final_response(fake: FakeOpenAI) -> None:
+    conv = fake.add_conversation()
+    async with fake.client().responses.stream(model=MODEL, conversation=conv, input="x") as s:
+        snapshots = [e.snapshot async for e in s if e.type == "response.output_text.delta"]
+        final = await s.get_final_response()
+    assert snapshots[-1] == final.output_text == "Reply to: x"
+    assert fake.response_status(final.id) == "completed"
+
+
+async def test_closing_a_stream_cancels_the_response_and_unlocks() -> None:
+    fake = FakeOpenAI(response_duration=10.0)
+    client = fake.client()
+    conv = fake.add_conversation()
+    stream = await client.responses.create(model=MODEL, conversation=conv, input="x", stream=True)
+    async for event in stream:
+        if event.type == "response.output_text.delta":
+            break
+    response_id = fake.active_response(conv)
+    assert response_id is not None
+    await stream.close()
+    assert fake.active_response(conv) is None
+    assert fake.response_status(response_id) == "cancelled"
+    retrieved = await client.responses.retrieve(response_id)
+    assert (retrieved.status, retrieved.output) == ("cancelled", [])
+    items = await client.conversations.items.list(conv)
+    assert [item.role for item in items.data] == ["user"]  # type: ignore[union-attr]
+
+
+async def test_function_call_response_then_its_output(fake: FakeOpenAI) -> None:
+    conv = fake.add_conversation()
+    client = fake.client()
+    fake.call_function_next_response(conv, function_name="lookup", arguments='{"q":"x"}')
+    stream = await client.responses.create(model=MODEL, conversation=conv, input="q", stream=True)
+    types = []
+    async for event in stream:
+        types.append(event.type)
+        if event.type == "response.completed":
+            call = event.response.output[0]
+    assert types[2:-1] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert call.type == "function_call"
+    assert (call.name, call.arguments) == ("lookup", '{"q":"x"}')
+    answer = await client.responses.create(
+        model=MODEL,
+        conversation=conv,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "found"}],
+    )
+    assert answer.output_text == "Reply to: found"
+    # Not streamed, on a chain this time: the armed call goes to the next response anywhere.
+    fake.call_function_next_response()
+    plain = await client.responses.create(model=MODEL, input="q")
+    assert plain.output[0].type == "function_call"
+    assert fake.conversation_inputs(conv) == ["q"]
+
+
+async def test_background_streaming_is_refused(fake: FakeOpenAI) -> None:
+    conv = fake.add_conversation()
+    with pytest.raises(openai.BadRequestError, match="background streaming"):
+        await fake.client().responses.create(
+            model=MODEL, conversation=conv, input="x", stream=True, background=True
+        )
+    assert fake.conversation_inputs(conv) == []
+
+
+async def test_stream_read_timeout_is_the_sdk_timeout() -> None:
+    fake = FakeOpenAI(response_duration=5.0)
+    client = fake.client(timeout=openai.Timeout(5.0, read=0.05))
+    conv = fake.add_conversation()
+    stream = await client.responses.create(model=MODEL, conversation=conv, input="x", stream=True)
+    with pytest.raises(openai.APITimeoutError):
+        async for _ in stream:
+            pass
+    assert fake.active_response(conv) is None  # the SDK closed the stream on its way out
+
+
+async def test_lost_stream_is_served_in_full_then_answered_with_the_fault(
+    fake: FakeOpenAI,
+) -> None:
+    conv = fake.add_conversation()
+    fault = fake.inject("POST", "/responses", status=500, apply_effect=True)
+    with pytest.raises(openai.InternalServerError):
+        await fake.client().responses.create(
+            model=MODEL, conversation=conv, input="lost", stream=True
+        )
+    assert fault.hits == 1
+    assert fake.conversation_inputs(conv) == ["lost"]
+    assert fake.active_response(conv) is None  # generated to its end, not left locked
+    items = await fake.client().conversations.items.list(conv, order="asc")
+    assert [item.type for item in items.data] == ["message", "message"]

@@ -3,7 +3,16 @@
 Per-conversation FIFO leases with fencing tokens on memory, Redis and Postgres, an
 ``async with`` guard for OpenAI conversations and Assistants threads, and recovery of runs a
 crashed worker left active.
+
+``RedisThreadLock`` and ``PostgresThreadLock`` are importable from here too. They are loaded
+on first use, through the module ``__getattr__``, so ``import threadlock`` imports neither
+redis nor psycopg.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from threadlock._lease import Lease, LockInfo
 from threadlock._version import __version__
@@ -20,6 +29,17 @@ from threadlock.observe import (
     set_default_observer,
 )
 from threadlock.protocol import ChainStore, RunRecord, RunRegistry, ThreadLock
+
+if TYPE_CHECKING:
+    from threadlock.backends.postgres import PostgresThreadLock as PostgresThreadLock
+    from threadlock.backends.redis import RedisThreadLock as RedisThreadLock
+
+#: Public names loaded on first access: name -> the module that owns it. They are left out of
+#: ``__all__`` so that ``from threadlock import *`` needs no extra.
+_LAZY: dict[str, str] = {
+    "PostgresThreadLock": "threadlock.backends.postgres",
+    "RedisThreadLock": "threadlock.backends.redis",
+}
 
 __all__ = [
     "BackendError",
@@ -44,3 +64,16 @@ __all__ = [
     "get_default_observer",
     "set_default_observer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'threadlock' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -83,6 +83,7 @@ def _unavailable(reason: str) -> None:
         ("asyncio_bot.py", "every user answered in order: True"),
         ("aiogram_bot.py", "bot -> chat 2: Reply to: message 2 from chat 2"),
         ("fastapi_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
+        ("fastapi_streaming.py", "user1 ['Reply to: message 0 from user1', 'Reply to: message 1"),
         ("arq_worker.py", "second, retried: Reply to: second"),
         ("assistants_thread.py", "run statuses: ['completed', 'completed']"),
         ("flask_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
@@ -232,6 +233,101 @@ async def test_fastapi_client_disconnect_releases_the_lock(webhook: Any) -> None
     with pytest.raises(asyncio.CancelledError):
         await request
     assert await lock.held() == []
+
+
+# -- FastAPI, streaming (SSE) ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[tuple[Any, httpx.AsyncClient, MemoryThreadLock, FakeOpenAI]]:
+    example = load("fastapi_streaming")
+    fake = FakeOpenAI(response_duration=0.05)
+    lock = MemoryThreadLock()
+    app = example.create_app(lock=lock, client=fake.client())
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://chat") as http,
+    ):
+        yield app, http, lock, fake
+
+
+async def test_fastapi_streaming_burst_streams_each_reply_in_turn(chat: Any) -> None:
+    _app, http, _lock, fake = chat
+    example = load("fastapi_streaming")
+
+    async def post(user: str, text: str) -> list[tuple[str, dict[str, Any]]]:
+        answer = await http.post(f"/chat/{user}", json={"text": text})
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        events: list[tuple[str, dict[str, Any]]] = example.parse_events(answer.text)
+        return events
+
+    answers = await asyncio.gather(*(post(f"u{u}", f"m{i}") for i in range(4) for u in range(2)))
+    assert fake.concurrency_errors == 0
+    for u in range(2):
+        turns = sorted(
+            (events[-1][1]["fence"], "".join(d["text"] for n, d in events if n == "delta"))
+            for events in answers[u::2]
+        )
+        assert sorted(reply for _, reply in turns) == [f"Reply to: m{i}" for i in range(4)]
+        assert len({fence for fence, _ in turns}) == 4  # four turns, four fences
+    assert all(events[-1][0] == "done" for events in answers)
+    assert (await http.get("/locks")).json() == []
+
+
+async def test_fastapi_streaming_busy_conversation_is_an_error_event(
+    chat: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, http, lock, _fake = chat
+    monkeypatch.setattr(load("fastapi_streaming"), "TURN_TIMEOUT", 0.2)
+    await http.post("/chat/u1", json={"text": "first"})
+    conversation_id = app.state.conversations["u1"]
+    async with lock.hold(conversation_id, ttl=7):  # another worker's turn
+        answer = await http.post("/chat/u1", json={"text": "hi"})
+    events = load("fastapi_streaming").parse_events(answer.text)
+    assert [name for name, _ in events] == ["error"]
+    assert 1 <= events[0][1]["retry_after"] <= 7
+
+
+async def test_fastapi_streaming_browser_disconnect_releases_at_once() -> None:
+    import socket
+
+    import uvicorn
+
+    example = load("fastapi_streaming")
+    fake = FakeOpenAI(response_duration=30.0)  # a reply that outlasts the browser
+    lock = MemoryThreadLock()
+    app = example.create_app(lock=lock, client=fake.client())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+            http.stream("POST", "/chat/u1", json={"text": "a long story"}) as answer,
+        ):
+            lines = answer.aiter_lines()
+            assert await anext(lines) == "event: delta"
+            conversation_id = app.state.conversations["u1"]
+            streamed = fake.active_response(conversation_id)
+            assert streamed is not None
+            assert [info.key for info in await lock.held()] == [conversation_id]
+        # The browser went away: the server notices, cancels the handler, closes the stream.
+        deadline = time.monotonic() + 10
+        while await lock.held():
+            assert time.monotonic() < deadline, "the lease was not released"
+            await asyncio.sleep(0.01)
+        assert fake.response_status(streamed) == "cancelled"
+        assert fake.active_response(conversation_id) is None
+    finally:
+        server.should_exit = True
+        await serving
 
 
 # -- arq -------------------------------------------------------------------------------------

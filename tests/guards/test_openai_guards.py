@@ -367,8 +367,8 @@ async def test_guard_checks_its_arguments(lock: Backend) -> None:
     async with guard_conversation(client, None, lock=lock, chain="c1") as turn:
         with pytest.raises(ValueError, match="previous_response_id"):
             await turn.create(model="m", input="x", previous_response_id="resp_1")
-        with pytest.raises(ValueError, match="stream"):
-            await turn.create(model="m", input="x", stream=True)
+        with pytest.raises(ValueError, match="background"):
+            await turn.create(model="m", input="x", stream=True, background=True)
     assert await lock.held() == []
 
 

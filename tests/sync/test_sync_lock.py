@@ -247,6 +247,17 @@ def test_guard_retries_conversation_locked_from_outside_the_lock(lock: SyncThrea
     assert fake.conversation_inputs(conversation_id) == ["unguarded", "guarded"]
 
 
+def test_sync_guard_refuses_stream(lock: SyncThreadLock) -> None:
+    fake = FakeOpenAI(response_duration=0)
+    client = sync_client(fake)
+    conversation_id = fake.add_conversation()
+    with guard_conversation(client, conversation_id, lock=lock, ttl=5) as turn:
+        with pytest.raises(ValueError, match="stream=True is not supported by the blocking"):
+            turn.create(model="gpt-test", input="x", stream=True)
+    assert fake.conversation_inputs(conversation_id) == []
+    assert lock.held() == []
+
+
 def _wait_in_flight(fake: FakeOpenAI) -> None:
     import time
 

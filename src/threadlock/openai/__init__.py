@@ -3,7 +3,9 @@
 ``guard_conversation`` serialises turns on a Responses API conversation (or a
 ``previous_response_id`` chain), ``guard_thread`` on an Assistants thread (see
 :mod:`threadlock.openai.guard`); ``recover_orphaned_runs`` cancels what a crashed worker left
-running (see :mod:`threadlock.openai.recovery`).
+running (see :mod:`threadlock.openai.recovery`). A turn's streams (``turn.stream(...)``,
+``turn.create(stream=True)``) are :class:`GuardedStream` objects (see
+:mod:`threadlock.openai.streaming`).
 """
 
 from threadlock.openai.guard import (
@@ -24,6 +26,7 @@ from threadlock.openai.runs import (
     active_run_in_error,
     is_conversation_locked,
 )
+from threadlock.openai.streaming import GuardedStream, GuardedStreamManager, StreamOutsideTurn
 
 __all__ = [
     "ACTIVE_RESPONSE_STATUSES",
@@ -33,7 +36,10 @@ __all__ = [
     "TERMINAL_RUN_STATUSES",
     "ConversationGuard",
     "ConversationTurn",
+    "GuardedStream",
+    "GuardedStreamManager",
     "RecoveryReport",
+    "StreamOutsideTurn",
     "ThreadGuard",
     "ThreadTurn",
     "active_run_in_error",

@@ -16,8 +16,9 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import openai
@@ -38,11 +39,14 @@ from threadlock.openai.runs import (
     sleep_within,
     status_of,
 )
+from threadlock.openai.streaming import GuardedStream, GuardedStreamManager, TurnStreams
 from threadlock.protocol import ChainStore, RunKind, RunRecord, RunRegistry, ThreadLock
 
 if TYPE_CHECKING:
+    from openai.lib.streaming.responses import ResponseStreamEvent
     from openai.types.beta.threads import Message, Run
-    from openai.types.responses import Response
+    from openai.types.responses import ParsedResponse, Response
+    from openai.types.responses import ResponseStreamEvent as RawResponseStreamEvent
 
     from threadlock._lease import Lease
     from threadlock.hold import Hold
@@ -85,6 +89,7 @@ def _check_client(client: object) -> None:
 
 
 TurnT = TypeVar("TurnT", bound="_Turn")
+T = TypeVar("T")
 
 
 class _Turn:
@@ -108,6 +113,7 @@ class _Turn:
         self._observer = observer_of(lock)
         self._kind = backend_kind(lock)
         self._started = anyio.current_time()  # the guard sets when the turn was entered
+        self._streams = TurnStreams(key)  # closed by the guard before it releases the lease
 
     @property
     def key(self) -> str:
@@ -204,6 +210,21 @@ class _Guard(Generic[TurnT]):
     ) -> None:
         # The guard never swallows the body's exception (hence ``-> None``): it comes out as
         # itself, or as LeaseLost / TimeoutError from the hold.
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            try:
+                await turn._streams.close_all()  # shielded: nothing streams past the lease
+            except BaseException:
+                await self._exit_hold(*sys.exc_info())
+                raise
+        await self._exit_hold(exc_type, exc, tb)
+
+    async def _exit_hold(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._scope is None:
             await self._hold.__aexit__(exc_type, exc, tb)
             return
@@ -273,7 +294,22 @@ class ConversationTurn(_Turn):
         self.conversation_id = conversation_id
         self.chain = chain
 
-    async def create(self, **kwargs: Any) -> Response:
+    @overload
+    async def create(
+        self, *, stream: Literal[True], **kwargs: Any
+    ) -> GuardedStream[RawResponseStreamEvent]: ...
+
+    @overload
+    async def create(self, *, stream: Literal[False] = ..., **kwargs: Any) -> Response: ...
+
+    @overload
+    async def create(
+        self, *, stream: bool, **kwargs: Any
+    ) -> Response | GuardedStream[RawResponseStreamEvent]: ...
+
+    async def create(
+        self, *, stream: bool = False, **kwargs: Any
+    ) -> Response | GuardedStream[RawResponseStreamEvent]:
         """``client.responses.create(conversation=..., **kwargs)`` inside the lease.
 
         It retries ``conversation_locked`` (a process outside the lock is busy on the
@@ -284,41 +320,110 @@ class ConversationTurn(_Turn):
         recorded in the run registry before this returns; :meth:`wait` waits for it, and the
         next turn waits for it too. On a chain, ``previous_response_id`` is supplied from the
         chain head, which then moves to this response (compare-and-set under the lease).
+
+        With ``stream=True`` it returns a :class:`~threadlock.openai.GuardedStream` of the raw
+        events, readable inside this block only (the guard closes it on exit); on a chain the
+        head moves when ``response.completed`` is read.
         """
+        head = await self._prepare(kwargs, streaming=stream)
+        if stream:
+            kwargs["stream"] = True
+            raw = await self._retrying_lock(lambda: self._api.responses.create(**kwargs))
+            return GuardedStream(raw, self._streams, self._chain_mover(head))
+        response: Response = await self._retrying_lock(lambda: self._api.responses.create(**kwargs))
+        await self._finish(response, kwargs, head)
+        return response
+
+    async def parse(self, **kwargs: Any) -> ParsedResponse[Any]:
+        """``client.responses.parse(conversation=..., **kwargs)`` (structured outputs, e.g.
+        ``text_format=MyModel``) inside the lease, exactly as :meth:`create`."""
+        head = await self._prepare(kwargs, streaming=False)
+        response: ParsedResponse[Any] = await self._retrying_lock(
+            lambda: self._api.responses.parse(**kwargs)
+        )
+        await self._finish(response, kwargs, head)
+        return response
+
+    def stream(self, **kwargs: Any) -> GuardedStreamManager[ResponseStreamEvent[Any]]:
+        """``client.responses.stream(conversation=..., **kwargs)`` inside the lease.
+
+        Use it as the SDK's: ``async with turn.stream(model=..., input=...) as stream:``, then
+        ``async for event in stream`` or ``await stream.get_final_response()``. Opening it
+        retries ``conversation_locked`` as :meth:`create` does. The stream reads only inside
+        the guard's block, and the guard closes it on exit; leaving the ``async with`` closes
+        it too (a response not read to its end is then cancelled on OpenAI's side). On a
+        chain, the head moves to the streamed response when ``response.completed`` is read;
+        an interrupted stream leaves the head where it was.
+        """
+        if "response_id" in kwargs:
+            raise ValueError("response_id (resuming a background stream) is not supported")
+
+        async def open_stream() -> GuardedStream[ResponseStreamEvent[Any]]:
+            head = await self._prepare(kwargs, streaming=True)
+
+            async def enter() -> Any:
+                return await self._api.responses.stream(**kwargs).__aenter__()
+
+            inner = await self._retrying_lock(enter)
+            return GuardedStream(inner, self._streams, self._chain_mover(head))
+
+        return GuardedStreamManager(open_stream)
+
+    async def _prepare(self, kwargs: dict[str, Any], *, streaming: bool) -> str | None:
+        """Check ``kwargs``, add what the guard supplies; returns the chain head (or None)."""
+        if not self._streams.open:
+            raise RuntimeError("this turn has ended: its guard block exited")
         for supplied in ("conversation", "previous_response_id"):
             if supplied in kwargs and (supplied == "conversation" or self.chain is not None):
                 raise ValueError(f"{supplied} is supplied by the guard; do not pass it")
-        if self.chain is not None and kwargs.get("stream"):
+        if streaming and kwargs.get("background"):
             raise ValueError(
-                "stream=True is not supported on a chain: the chain head must be the "
-                "finished response's id; stream outside a chain, or without stream"
+                "background=True with streaming is not supported by the guard; "
+                "stream in the foreground, or create in the background without stream"
             )
         if self.conversation_id is not None:
             kwargs["conversation"] = self.conversation_id
-        head: str | None = None
-        chains: ChainStore | None = None
-        if self.chain is not None:
-            chains = self._lock  # type: ignore[assignment]  # checked on entry
-            assert chains is not None
-            head = await chains.chain_head(self.chain)
-            if head is not None:
-                kwargs["previous_response_id"] = head
-        response = await self._create_retrying_lock(kwargs)
-        if kwargs.get("background") and status_of(response) in ACTIVE_RESPONSE_STATUSES:
-            await self._track("response", response.id, self.conversation_id or self._key)
-        if chains is not None and not await chains.advance_chain(self.lease, head, response.id):
+        if self.chain is None:
+            return None
+        head = await self._chains().chain_head(self.chain)
+        if head is not None:
+            kwargs["previous_response_id"] = head
+        return head
+
+    def _chains(self) -> ChainStore:
+        return self._lock  # type: ignore[return-value]  # checked on entry
+
+    async def _advance_chain(self, head: str | None, response_id: str) -> None:
+        assert self.chain is not None
+        if not await self._chains().advance_chain(self.lease, head, response_id):
             detail = "the chain head moved under the lease"
             self._observer.lost(self._kind, self._key, self.lease.fence, detail)
             raise LeaseLost(self._key, self.lease.fence, detail)
-        return response
 
-    async def _create_retrying_lock(self, kwargs: dict[str, Any]) -> Response:
+    def _chain_mover(self, head: str | None) -> Callable[[str], Awaitable[None]] | None:
+        """What a stream calls on ``response.completed``: move the chain head (on a chain)."""
+        if self.chain is None:
+            return None
+
+        async def move(response_id: str) -> None:
+            await self._advance_chain(head, response_id)
+
+        return move
+
+    async def _finish(self, response: Response, kwargs: dict[str, Any], head: str | None) -> None:
+        """After a create: record a background response, move the chain head."""
+        if kwargs.get("background") and status_of(response) in ACTIVE_RESPONSE_STATUSES:
+            await self._track("response", response.id, self.conversation_id or self._key)
+        if self.chain is not None:
+            await self._advance_chain(head, response.id)
+
+    async def _retrying_lock(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, retrying ``conversation_locked`` until the guard's timeout."""
         deadline = self._deadline()
         backoff = Backoff(0.5, 2.0)
         while True:
             try:
-                response: Response = await self._api.responses.create(**kwargs)
-                return response
+                return await call()
             except openai.BadRequestError as error:
                 if not is_conversation_locked(error):
                     raise

@@ -80,8 +80,13 @@ class SyncConversationTurn(_SyncTurn["_guard.ConversationTurn"]):
         return self._turn.chain
 
     def create(self, **kwargs: Any) -> Response:
-        """See :meth:`threadlock.openai.ConversationTurn.create`."""
-        return self._bridge.call(self._turn.create, **kwargs)
+        """See :meth:`threadlock.openai.ConversationTurn.create` (without ``stream``)."""
+        if kwargs.pop("stream", False):
+            raise ValueError(
+                "stream=True is not supported by the blocking guard; stream with the async "
+                "guard, threadlock.openai.guard_conversation"
+            )
+        return cast("Response", self._bridge.call(self._turn.create, **kwargs))
 
     def wait(self, response: str | Response) -> Response:
         """See :meth:`threadlock.openai.ConversationTurn.wait`."""

@@ -31,7 +31,11 @@ make runs expire without waiting. ``created_at`` values are epoch seconds derive
 
 Concurrency model: the fake is meant for one event loop at a time (asyncio or trio, via
 anyio); all state changes happen between awaits, so no locks are needed. It is not thread-safe.
-Streaming (``stream=True``) is not supported and answers HTTP 400.
+Streaming: ``responses.create(stream=True)`` and ``responses.stream(...)`` answer with the
+real server-sent events (:mod:`.streaming`), the conversation locked until the stream ends or
+the client closes it (which cancels the response). Background streaming and Assistants
+streaming answer HTTP 400. :meth:`FakeOpenAI.call_function_next_response` makes a response
+call a function, streamed or not.
 
 Transport: the installed ``openai`` SDK decides the HTTP library. Recent SDKs use ``httpx2``,
 older ones (1.x/2.x) use ``httpx``; :meth:`FakeOpenAI.transport` builds a transport for whichever
@@ -43,6 +47,7 @@ Layout (the public names are the ones exported here; the modules are internal):
 * :mod:`.fake`: :class:`FakeOpenAI`, which builds and wires the parts below;
 * :mod:`.conversations`, :mod:`.responses`, :mod:`.assistants`: one module per API, each with
   its routes and handlers; the conversation lock lives in :mod:`.conversations`;
+  :mod:`.streaming`: the SSE answer of a streamed response;
 * :mod:`.state`: the statuses, the records and the store; :mod:`.clock`: the fake clock and
   the timelines; :mod:`.errors`: every OpenAI error body; :mod:`.wire`: requests, replies,
   ids, metadata and pagination;

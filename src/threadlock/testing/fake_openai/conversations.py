@@ -87,6 +87,20 @@ def output_message(item_id: str, text: str) -> Json:
     }
 
 
+def response_output(resp: Response) -> list[Json]:
+    """A completed response's output items: its function call, or its assistant message."""
+    if resp.tool_call is not None:
+        return [dict(resp.tool_call)]
+    return [output_message(resp.output_item_id, resp.output_text)]
+
+
+def tool_outputs(items: list[Json]) -> list[str]:
+    """The outputs of the ``function_call_output`` items among ``items``."""
+    return [
+        str(item.get("output", "")) for item in items if item.get("type") == "function_call_output"
+    ]
+
+
 class Conversations:
     """``/conversations`` and its items; the lock and the history of each conversation."""
 
@@ -157,7 +171,7 @@ class Conversations:
             elif entry.source_id is not None:
                 resp = self._store.responses[entry.source_id]
                 if resp.timeline.status_at(t) == "completed":
-                    items.append(output_message(resp.output_item_id, resp.output_text))
+                    items.extend(response_output(resp))
         return items
 
     def _json(self, conv: Conversation) -> Json:

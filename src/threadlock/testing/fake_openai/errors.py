@@ -82,8 +82,8 @@ def invalid_value(param: str, value: object, supported: tuple[str, str]) -> APIE
     )
 
 
-def streaming_unsupported() -> APIError:
-    return APIError(400, "FakeOpenAI does not support streaming (stream=true).", param="stream")
+def streaming_unsupported(what: str = "streaming (stream=true)") -> APIError:
+    return APIError(400, f"FakeOpenAI does not support {what}.", param="stream")
 
 
 def conversation_locked() -> APIError:

@@ -241,6 +241,24 @@ class FakeOpenAI(Counters):
         """
         self._assistants.arm_requires_action(thread_id, function_name, arguments)
 
+    def call_function_next_response(
+        self,
+        conversation_id: str | None = None,
+        *,
+        function_name: str = "fake_tool",
+        arguments: str = "{}",
+    ) -> None:
+        """Make the next response created (on ``conversation_id``, or any if ``None``) answer
+        with one ``function_call`` output item instead of a message.
+
+        The item has a fresh ``call_id``; streamed, it comes as
+        ``response.function_call_arguments.delta``/``.done`` events. The next response that
+        sends a ``function_call_output`` item (and no user text) answers with a message built
+        from that output, so one agent turn spans several responses. Each call arms one
+        response.
+        """
+        self._responses.arm_function_call(conversation_id, function_name, arguments)
+
     # ---------------------------------------------------------------- faults
 
     def inject(

@@ -7,8 +7,13 @@ way its conversation is locked until it completes (see :mod:`.conversations`).
 
 ``responses.create`` runs in three steps: :meth:`Responses._plan` checks the request,
 :meth:`Responses._start` records the response, :meth:`Responses._answer` sends it. Only the
-answer depends on how the client reads it, so a streamed (SSE) answer belongs next to the JSON
-one there; ``stream=true`` is refused for now.
+answer depends on how the client reads it: JSON, or with ``stream=true`` the server-sent events
+of :mod:`.streaming`, during which the conversation stays locked.
+
+A response answers with an assistant message, or, when armed by
+:meth:`Responses.arm_function_call`, with one ``function_call`` output item; the next turn sends
+its ``function_call_output`` and gets a message built from it, so a tool-calling agent's turn
+spans several responses.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from threadlock.testing.fake_openai.clock import Clock, Timeline, check_duration
 from threadlock.testing.fake_openai.conversations import (
     Conversations,
     input_items,
-    output_message,
+    response_output,
+    tool_outputs,
     user_texts,
 )
 from threadlock.testing.fake_openai.errors import (
@@ -39,6 +45,7 @@ from threadlock.testing.fake_openai.state import (
     Settings,
     Store,
 )
+from threadlock.testing.fake_openai.streaming import EventStream
 from threadlock.testing.fake_openai.wire import Reply, Request, Route, new_id, parse_metadata
 
 
@@ -51,6 +58,7 @@ class _Plan:
     conversation: Conversation | None
     previous_response_id: str | None
     background: bool
+    stream: bool
     instructions: Any
     metadata: dict[str, str]
     items: list[Json]
@@ -72,6 +80,8 @@ class Responses:
         self._settings = settings
         self._conversations = conversations
         self._reply = reply
+        # (conversation id or None for any, function name, arguments), oldest first
+        self._armed: list[tuple[str | None, str, str]] = []
 
     def routes(self) -> list[Route]:
         return [
@@ -116,6 +126,24 @@ class Responses:
         self._conversations.attach_response(conv, resp)
         return resp.id
 
+    def arm_function_call(self, conversation_id: str | None, name: str, arguments: str) -> None:
+        """Make the next response (on ``conversation_id``, or any) call function ``name``."""
+        self._armed.append((conversation_id, name, arguments))
+
+    def _take_function_call(self, conversation_id: str | None) -> Json | None:
+        for index, (target, name, arguments) in enumerate(self._armed):
+            if target is None or target == conversation_id:
+                del self._armed[index]
+                return {
+                    "id": new_id("fc"),
+                    "type": "function_call",
+                    "status": "completed",
+                    "call_id": new_id("call"),
+                    "name": name,
+                    "arguments": arguments,
+                }
+        return None
+
     # ---------------------------------------------------------------- inspection
 
     def chain(self, response_id: str) -> list[str]:
@@ -147,8 +175,7 @@ class Responses:
 
     def _plan(self, body: Json) -> _Plan:
         """Check a create request in OpenAI's order; nothing is recorded yet."""
-        if body.get("stream"):
-            raise streaming_unsupported()
+        stream = bool(body.get("stream"))
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise missing("model")
@@ -168,6 +195,8 @@ class Responses:
         background = bool(body.get("background"))
         if background and body.get("store") is False:
             raise APIError(400, "Background mode requires 'store' to be true.", param="store")
+        if background and stream:
+            raise streaming_unsupported("background streaming (stream=true, background=true)")
         metadata = parse_metadata(body.get("metadata"))
         items = input_items(body.get("input"))
         now = self._clock.now()
@@ -187,6 +216,7 @@ class Responses:
             conversation=conv,
             previous_response_id=previous,
             background=background,
+            stream=stream,
             instructions=body.get("instructions"),
             metadata=metadata,
             items=items,
@@ -203,7 +233,8 @@ class Responses:
         else:
             steps = [(now, "in_progress")]
             end = now + settings.response_duration
-        steps.append((end, "completed"))
+        if not plan.stream:  # a stream completes when its last event is read
+            steps.append((end, "completed"))
         resp = self._new_response(
             created=now,
             steps=steps,
@@ -214,6 +245,9 @@ class Responses:
             instructions=plan.instructions,
             metadata=plan.metadata,
             input_texts=user_texts(plan.items),
+            reply_to=user_texts(plan.items) or tool_outputs(plan.items),
+            tool_call=self._take_function_call(plan.conversation.id if plan.conversation else None),
+            stream=plan.stream,
         )
         if plan.conversation is not None:
             self._conversations.append_items(plan.conversation, plan.items)
@@ -221,7 +255,18 @@ class Responses:
         return resp, end
 
     async def _answer(self, req: Request, resp: Response, done_at: float) -> Reply:
-        """A background response answers at once; a foreground one when it is done."""
+        """A background response answers at once, a stream as it goes, a foreground one when
+        it is done."""
+        if resp.stream:
+            events = EventStream(
+                resp,
+                self._clock,
+                self._settings.response_duration,
+                req.read_timeout,
+                self._json,
+                response_output(resp),
+            )
+            return Reply(200, {}, {"content-type": "text/event-stream"}, stream=events)
         if not resp.background:
             await self._clock.wait_until(done_at, req.read_timeout)
         return Reply(200, self._json(resp, self._clock.now()))
@@ -238,6 +283,9 @@ class Responses:
         instructions: Any,
         metadata: dict[str, str],
         input_texts: list[str],
+        reply_to: list[str] | None = None,
+        tool_call: Json | None = None,
+        stream: bool = False,
     ) -> Response:
         resp = Response(
             id=new_id("resp"),
@@ -251,8 +299,10 @@ class Responses:
             instructions=instructions,
             metadata=metadata,
             input_texts=input_texts,
-            output_text=self._reply("\n".join(input_texts)),
+            output_text="" if tool_call else self._reply("\n".join(reply_to or input_texts)),
             output_item_id=new_id("msg"),
+            tool_call=tool_call,
+            stream=stream,
         )
         self._store.responses[resp.id] = resp
         return resp
@@ -295,11 +345,7 @@ class Responses:
             "metadata": dict(resp.metadata),
             "conversation": {"id": resp.conversation_id} if resp.conversation_id else None,
             "previous_response_id": resp.previous_response_id,
-            "output": (
-                [output_message(resp.output_item_id, resp.output_text)]
-                if status == "completed"
-                else []
-            ),
+            "output": response_output(resp) if status == "completed" else [],
             "error": (
                 {"code": "server_error", "message": "The response failed."}
                 if status == "failed"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import openai
@@ -32,6 +32,9 @@ from threadlock.testing.fake_openai.wire import (
     new_id,
     parse_body,
 )
+
+if TYPE_CHECKING:
+    from threadlock.testing.fake_openai.streaming import EventStream
 
 
 def sdk_http_module() -> ModuleType:
@@ -125,6 +128,8 @@ class Server:
                         counters.timeouts += 1
                         return None
             if fault is not None:
+                if reply is not None and reply.stream is not None:
+                    await reply.stream.drain()  # served in full, then the answer is lost
                 if fault.timeout:
                     counters.timeouts += 1
                     return None
@@ -174,6 +179,13 @@ class _TransportMixin:
         if reply is None:
             raise module.ReadTimeout("Read timed out (FakeOpenAI)", request=request)
         headers = {"content-type": "application/json", **reply.headers}
+        if reply.stream is not None:
+            return module.Response(
+                reply.status,
+                headers=headers,
+                stream=_byte_stream_class(module)(reply.stream, module, request),
+                request=request,
+            )
         return module.Response(
             reply.status,
             headers=headers,
@@ -182,7 +194,41 @@ class _TransportMixin:
         )
 
 
+class _ByteStreamMixin:
+    """A streamed answer's body: the events as the client reads them; closing it is a
+    disconnect. A client read timeout while the fake generates is the library's
+    ``ReadTimeout``."""
+
+    def __init__(self, events: EventStream, module: ModuleType, request: Any) -> None:
+        self._events = events
+        self._module = module
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._events:
+                yield chunk
+        except ClientTimeoutError:
+            raise self._module.ReadTimeout(
+                "Read timed out (FakeOpenAI)", request=self._request
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
 _TRANSPORT_CLASSES: dict[str, type[Any]] = {}
+_BYTE_STREAM_CLASSES: dict[str, type[Any]] = {}
+
+
+def _byte_stream_class(module: ModuleType) -> type[Any]:
+    """The ``AsyncByteStream`` class for ``module``, built once per library."""
+    cls = _BYTE_STREAM_CLASSES.get(module.__name__)
+    if cls is None:
+        base: type[Any] = module.AsyncByteStream
+        cls = type("FakeOpenAIEventStream", (_ByteStreamMixin, base), {"__module__": __name__})
+        _BYTE_STREAM_CLASSES[module.__name__] = cls
+    return cls
 
 
 def transport_class(module: ModuleType) -> type[Any]:

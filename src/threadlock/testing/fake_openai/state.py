@@ -71,6 +71,8 @@ class Response:
     input_texts: list[str]
     output_text: str
     output_item_id: str
+    tool_call: Json | None = None  # a function_call output item instead of a message
+    stream: bool = False
 
 
 @dataclass

@@ -10,9 +10,12 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from threadlock.testing.fake_openai.errors import APIError, Json, invalid_type, invalid_value
+
+if TYPE_CHECKING:
+    from threadlock.testing.fake_openai.streaming import EventStream
 
 MAX_LIST_LIMIT: Final = 100
 
@@ -31,9 +34,12 @@ class Request:
 
 @dataclass
 class Reply:
+    """An answer: a JSON ``body``, or with ``stream`` set, server-sent events."""
+
     status: int
     body: Json
     headers: dict[str, str] = field(default_factory=dict)
+    stream: EventStream | None = None
 
 
 Handler = Callable[[Request], Awaitable[Reply]]

@@ -109,8 +109,8 @@ class Svg:
     def legend(self, x: float, y: float, items: Sequence[tuple[str, str]]) -> None:
         for colour, label in items:
             self.rect(x, y - 10, 12, 12, colour)
-            self.text(x + 17, y, label, size=12, fill=MUTED)
-            x += 17 + 6.5 * len(label) + 28
+            self.text(x + 17, y, label, size=14, fill=MUTED)
+            x += 17 + 7.5 * len(label) + 28
 
     def render(self) -> str:
         return "\n".join([*self.parts, "</svg>"]) + "\n"
@@ -123,14 +123,14 @@ def demo_figure(demo: dict[str, Any]) -> str:
     """Two panels: what went wrong (counts) and how long a reply took (seconds)."""
     without, with_lock = demo["passes"]
     total = demo["users"] * demo["messages_per_user"]
-    width, height = 760, 350
+    width, height = 760, 372
     svg = Svg(width, height, "threadlock demo: without the lock and with it")
     svg.text(
         20,
         28,
         f"threadlock demo: {demo['users']} users x {demo['messages_per_user']} messages "
         f"sent at once ({total} messages), {demo['workers']} workers",
-        size=15,
+        size=17,
         bold=True,
     )
     svg.legend(20, 52, [(BAD, str(without["label"])), (OURS, str(with_lock["label"]))])
@@ -141,7 +141,7 @@ def demo_figure(demo: dict[str, Any]) -> str:
         groups: Sequence[tuple[str, float, float]],
         label: Callable[[float], str],
     ) -> None:
-        top, bottom, panel_width = 92.0, 280.0, 340.0
+        top, bottom, panel_width = 98.0, 286.0, 340.0
         peak = max(max(a, b) for _, a, b in groups) or 1.0
         svg.text(left, top - 14, title, bold=True)
         svg.line(left, bottom, left + panel_width, bottom, MUTED)
@@ -152,9 +152,9 @@ def demo_figure(demo: dict[str, Any]) -> str:
             for value, colour, x in ((a, BAD, centre - bar - 2), (b, OURS, centre + 2)):
                 h = (bottom - top - 16) * value / peak
                 svg.rect(x, bottom - h, bar, h, colour)
-                svg.text(x + bar / 2, bottom - h - 4, label(value), anchor="middle", size=12)
+                svg.text(x + bar / 2, bottom - h - 4, label(value), anchor="middle", size=14)
             for j, word in enumerate(name.split("\n")):
-                svg.text(centre, bottom + 17 + 14 * j, word, anchor="middle", size=12, fill=MUTED)
+                svg.text(centre, bottom + 19 + 16 * j, word, anchor="middle", size=14, fill=MUTED)
 
     panel(
         20,
@@ -183,10 +183,16 @@ def demo_figure(demo: dict[str, Any]) -> str:
     )
     svg.text(
         20,
-        height - 8,
-        f"From threadlock demo --json ({where}, {demo['backend']} backend). Without the lock, "
-        f"a refused message is retried up to {demo['retries']} times.",
-        size=11,
+        height - 26,
+        f"From threadlock demo --json: {where}, {demo['backend']} backend.",
+        size=13,
+        fill=MUTED,
+    )
+    svg.text(
+        20,
+        height - 9,
+        f"Without the lock, a refused message is retried up to {demo['retries']} times, then lost.",
+        size=13,
         fill=MUTED,
     )
     return svg.render()
@@ -235,13 +241,13 @@ def latency_figure(doc: dict[str, Any], ours: str) -> str:
     values = [v for _, rows in panels for _, p50, p99 in rows for v in (p50, p99) if v > 0]
     low = 10 ** math.floor(math.log10(min(values)))
     high = 10 ** math.ceil(math.log10(max(values)))
-    label_w, plot_w, row_h = 150.0, 520.0, 22.0
+    label_w, plot_w, row_h = 160.0, 470.0, 26.0
     left = 20 + label_w
-    width = int(left + plot_w + 130)
+    width = int(left + plot_w + 150)
     height = 70 + sum(54 + row_h * len(rows) for _, rows in panels) + 30
     machine = doc.get("machine", {})
     svg = Svg(width, int(height), f"latency of {ours} and its peers")
-    svg.text(20, 28, f"Latency, {ours} backend and peers (log scale)", size=15, bold=True)
+    svg.text(20, 28, f"Latency, {ours} backend and peers (log scale)", size=17, bold=True)
     svg.legend(
         20,
         52,
@@ -261,32 +267,31 @@ def latency_figure(doc: dict[str, Any], ours: str) -> str:
         while decade <= high:
             svg.line(x_of(decade), top, x_of(decade), bottom + 4)
             svg.text(
-                x_of(decade), bottom + 16, _tick_us(decade), anchor="middle", size=11, fill=MUTED
+                x_of(decade), bottom + 18, _tick_us(decade), anchor="middle", size=13, fill=MUTED
             )
             decade *= 10
         for i, (name, p50, p99) in enumerate(rows):
             row_top = top + row_h * i
             mine = name == ours
-            svg.text(left - 8, row_top + 15, name, anchor="end", size=12, bold=mine)
+            svg.text(left - 8, row_top + 18, name, anchor="end", size=14, bold=mine)
             svg.rect(
                 left, row_top + 4, x_of(p99) - left, row_h - 8, OURS_LIGHT if mine else PEER_LIGHT
             )
             svg.rect(left, row_top + 4, x_of(p50) - left, row_h - 8, OURS if mine else PEER)
             svg.text(
                 x_of(p99) + 5,
-                row_top + 15,
+                row_top + 18,
                 f"{_fmt_us(p50)} / {_fmt_us(p99)}",
-                size=11,
+                size=13,
                 fill=MUTED,
             )
         y = bottom + 26
     svg.text(
         20,
         height - 12,
-        f"From benchmarks/results/{doc['name']}.json ({str(machine.get('date', ''))[:10]}, "
-        f"Python {machine.get('python', '?')}, {machine.get('cpu_count', '?')} CPUs, "
-        "shared machine). Bars: p50, lighter to p99.",
-        size=11,
+        f"Bars: p50, lighter to p99. From benchmarks/results/{doc['name']}.json "
+        f"({str(machine.get('date', ''))[:10]}, {machine.get('cpu_count', '?')} shared CPUs).",
+        size=13,
         fill=MUTED,
     )
     return svg.render()

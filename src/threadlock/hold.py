@@ -1,7 +1,7 @@
 """``hold()``: acquire, renew in the background, always release. Written once for every backend.
 
 A backend supplies only ``acquire``, ``extend`` and ``release``; :class:`Hold` turns them into
-the context manager that SPEC §3.2 describes:
+the context manager that every ``lock.hold()`` returns:
 
 1. it acquires, waiting FIFO as ``acquire`` does;
 2. a background task in an anyio task group renews the lease every ``renew_every`` seconds

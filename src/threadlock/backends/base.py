@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_GRACE", "BaseThreadLock", "current_task_name", "default_owne
 
 _log = logging.getLogger("threadlock")
 
-#: Seconds after which a waiter whose process died is skipped (SPEC §3.1).
+#: Seconds after which a waiter whose process died is skipped.
 DEFAULT_GRACE = 5.0
 
 

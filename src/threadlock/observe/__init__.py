@@ -17,10 +17,11 @@ observers written against this one (a protocol would make every observer incompl
 block; an exception raised by an observer never reaches the lock: it is caught, and logged once
 per observer and hook (event ``observer.failed``).
 
-The default observer is :class:`LoggingObserver`, which writes the stable events of SPEC §5 on
-``logging.getLogger("threadlock")``. Set another one per lock (``lock.observer = ...`` or
-``BaseThreadLock(observer=...)``) or for the whole process (:func:`set_default_observer`), and
-use :func:`combine` to keep the log events beside metrics or spans.
+The default observer is :class:`LoggingObserver`, which writes the stable log events (listed
+on the Observability page) on ``logging.getLogger("threadlock")``. Set another one per lock
+(``lock.observer = ...`` or ``BaseThreadLock(observer=...)``) or for the whole process
+(:func:`set_default_observer`), and use :func:`combine` to keep the log events beside metrics
+or spans.
 
 The package is split by what each part owns:
 

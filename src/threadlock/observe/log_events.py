@@ -1,4 +1,4 @@
-"""The default observer, :class:`LoggingObserver`: the stable log events of SPEC §5.
+"""The default observer, :class:`LoggingObserver`: the stable log events.
 
 The events go to ``logging.getLogger("threadlock")`` with ``extra={"event": ..., ...}``; the
 fields of each are listed in ``docs/observability.md``. A failing log filter or handler never
@@ -39,7 +39,7 @@ def _emit(
 
 
 class LoggingObserver(Observer):
-    """The default observer: the stable log events of SPEC §5 on ``threadlock``'s logger.
+    """The default observer: the stable log events on ``threadlock``'s logger.
 
     Every record carries ``extra={"event": ..., ...}`` with the fields listed in
     ``docs/observability.md``. Each hook first asks ``logger.isEnabledFor(level)``, so an

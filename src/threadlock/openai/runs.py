@@ -1,7 +1,7 @@
 """Run and response statuses, OpenAI's concurrency errors, and waiting for a run to end.
 
-OpenAI's Assistants errors carry no structured code, so they are recognised by their text
-(SPEC §1); the Responses API's ``conversation_locked`` has a code.
+OpenAI's Assistants errors carry no structured code, so they are recognised by their text;
+the Responses API's ``conversation_locked`` has a code.
 """
 
 from __future__ import annotations

@@ -87,6 +87,32 @@ def output_message(item_id: str, text: str) -> Json:
     }
 
 
+def output_items(resp: Response) -> list[Json]:
+    """The items a completed response outputs: its function call, else its message."""
+    if resp.tool_call is not None:
+        return [dict(resp.tool_call)]
+    return [output_message(resp.output_item_id, resp.output_text)]
+
+
+def tool_outputs(items: list[Json]) -> list[str]:
+    """The outputs of the ``function_call_output`` items among ``items``."""
+    return [
+        str(item.get("output", "")) for item in items if item.get("type") == "function_call_output"
+    ]
+
+
+def first_function_tool(tools: Any) -> str | None:
+    """The name of the first function tool of a request's ``tools``, if any."""
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if isinstance(tool, Mapping) and tool.get("type") == "function":
+            name = tool.get("name")
+            if isinstance(name, str) and name:
+                return name
+    return None
+
+
 class Conversations:
     """``/conversations`` and its items; the lock and the history of each conversation."""
 
@@ -157,7 +183,7 @@ class Conversations:
             elif entry.source_id is not None:
                 resp = self._store.responses[entry.source_id]
                 if resp.timeline.status_at(t) == "completed":
-                    items.append(output_message(resp.output_item_id, resp.output_text))
+                    items.extend(output_items(resp))
         return items
 
     def _json(self, conv: Conversation) -> Json:

@@ -6,7 +6,10 @@ in flight; a background one (``background=True``) is answered at once, ``queued`
 way its conversation is locked until it completes (see :mod:`.conversations`).
 
 ``responses.create`` runs in three steps: :meth:`Responses._plan` checks the request,
-:meth:`Responses._start` records the response, :meth:`Responses._answer` sends it. Only the
+:meth:`Responses._start` records the response, :meth:`Responses._answer` sends it. A request with a
+function tool, whose input holds no ``function_call_output`` yet, is answered with one
+``function_call`` of the first function tool (arguments ``{}``); the next request, carrying the
+tool's output, gets a message replying to that output. Only the
 answer depends on how the client reads it, so a streamed (SSE) answer belongs next to the JSON
 one there; ``stream=true`` is refused for now.
 """
@@ -20,8 +23,10 @@ from typing import Any
 from threadlock.testing.fake_openai.clock import Clock, Timeline, check_duration
 from threadlock.testing.fake_openai.conversations import (
     Conversations,
+    first_function_tool,
     input_items,
-    output_message,
+    output_items,
+    tool_outputs,
     user_texts,
 )
 from threadlock.testing.fake_openai.errors import (
@@ -54,6 +59,7 @@ class _Plan:
     instructions: Any
     metadata: dict[str, str]
     items: list[Json]
+    tool: str | None = None  # the function tool to call, when the request has one
 
 
 class Responses:
@@ -190,6 +196,7 @@ class Responses:
             instructions=body.get("instructions"),
             metadata=metadata,
             items=items,
+            tool=first_function_tool(body.get("tools")) if not tool_outputs(items) else None,
         )
 
     def _start(self, plan: _Plan) -> tuple[Response, float]:
@@ -214,7 +221,17 @@ class Responses:
             instructions=plan.instructions,
             metadata=plan.metadata,
             input_texts=user_texts(plan.items),
+            reply_to=tool_outputs(plan.items),
         )
+        if plan.tool is not None:
+            resp.tool_call = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "call_id": new_id("call"),
+                "name": plan.tool,
+                "arguments": "{}",
+                "status": "completed",
+            }
         if plan.conversation is not None:
             self._conversations.append_items(plan.conversation, plan.items)
             self._conversations.attach_response(plan.conversation, resp)
@@ -238,6 +255,7 @@ class Responses:
         instructions: Any,
         metadata: dict[str, str],
         input_texts: list[str],
+        reply_to: list[str] | None = None,
     ) -> Response:
         resp = Response(
             id=new_id("resp"),
@@ -251,7 +269,7 @@ class Responses:
             instructions=instructions,
             metadata=metadata,
             input_texts=input_texts,
-            output_text=self._reply("\n".join(input_texts)),
+            output_text=self._reply("\n".join(input_texts or reply_to or [])),
             output_item_id=new_id("msg"),
         )
         self._store.responses[resp.id] = resp
@@ -295,11 +313,7 @@ class Responses:
             "metadata": dict(resp.metadata),
             "conversation": {"id": resp.conversation_id} if resp.conversation_id else None,
             "previous_response_id": resp.previous_response_id,
-            "output": (
-                [output_message(resp.output_item_id, resp.output_text)]
-                if status == "completed"
-                else []
-            ),
+            "output": output_items(resp) if status == "completed" else [],
             "error": (
                 {"code": "server_error", "message": "The response failed."}
                 if status == "failed"

@@ -71,6 +71,8 @@ class Response:
     input_texts: list[str]
     output_text: str
     output_item_id: str
+    #: The ``function_call`` item answered instead of a message (a request with tools).
+    tool_call: dict[str, Any] | None = None
 
 
 @dataclass

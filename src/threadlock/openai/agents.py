@@ -47,6 +47,7 @@ import openai
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadLockError
 from threadlock.observe import backend_kind, observer_of
+from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.guard import ConversationTurn
 from threadlock.openai.runs import Backoff, is_conversation_locked, sleep_within
 from threadlock.protocol import ThreadLock
@@ -233,6 +234,27 @@ def locked_run_config(
     return dataclasses.replace(config, **changes)
 
 
+def _async_client(client: Any) -> tuple[openai.AsyncOpenAI | None, bool]:
+    """The ``AsyncOpenAI`` for the models of a turn's run, and whether the run must close it.
+
+    A sync client (the turn of :mod:`threadlock.sync`) gets an async twin with its settings.
+    """
+    if isinstance(client, openai.AsyncOpenAI):
+        return client, False
+    if isinstance(client, ThreadedClient) and isinstance(client.wrapped, openai.OpenAI):
+        sync = client.wrapped
+        twin = openai.AsyncOpenAI(
+            api_key=sync.api_key,
+            organization=sync.organization,
+            project=sync.project,
+            base_url=sync.base_url,
+            timeout=sync.timeout,
+            max_retries=0,
+        )
+        return twin, True
+    return None, False
+
+
 def _no_supplied(kwargs: dict[str, Any], names: tuple[str, ...]) -> None:
     for name in names:
         if kwargs.get(name) is not None:
@@ -260,7 +282,7 @@ async def run_agent(
     lock: ThreadLock = turn._lock
     budget = _Budget(lock, turn.key, turn._timeout)
     done = False
-    client = turn._client if isinstance(turn._client, openai.AsyncOpenAI) else None
+    client, owned = _async_client(turn._client)
     kwargs["run_config"] = locked_run_config(
         kwargs.get("run_config"),
         agent=agent,
@@ -281,6 +303,10 @@ async def run_agent(
             result: RunResult = await agents.Runner.run(agent, input, **kwargs)
     finally:
         done = True
+        if owned:
+            assert client is not None
+            with anyio.CancelScope(shield=True):
+                await client.close()
     new_head = result.last_response_id
     if chains is not None and new_head is not None and new_head != head:
         lease = turn.lease

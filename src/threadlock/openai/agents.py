@@ -69,6 +69,7 @@ __all__ = [
 
 #: What the guard puts in ``ModelSettings.retry`` for a run: no SDK retries at all.
 NO_SDK_RETRIES = ModelRetrySettings(max_retries=0)
+_NO_RETRY_SETTINGS = agents.ModelSettings(retry=NO_SDK_RETRIES)
 
 # The (lock, key) pairs whose lease the current task holds for a whole run.
 _held: contextvars.ContextVar[frozenset[tuple[int, str]]] = contextvars.ContextVar(
@@ -229,9 +230,15 @@ def locked_run_config(
         changes["model"] = LockedModel(config.model, budget, is_open)
     elif config.model is None and isinstance(agent.model, Model):
         changes["model"] = LockedModel(agent.model, budget, is_open)
-    settings = config.model_settings or agents.ModelSettings()
-    changes["model_settings"] = dataclasses.replace(settings, retry=NO_SDK_RETRIES)
-    return dataclasses.replace(config, **changes)
+    settings = config.model_settings
+    locked = dataclasses.replace(config, **changes)
+    # Set after the copy: RunConfig(model_settings=...) re-validates them, about 1.5 ms a run,
+    # and these are the caller's settings (already validated) or ours.
+    if settings is None:
+        locked.model_settings = _NO_RETRY_SETTINGS
+    else:
+        locked.model_settings = dataclasses.replace(settings, retry=NO_SDK_RETRIES)
+    return locked
 
 
 def _async_client(client: Any) -> tuple[openai.AsyncOpenAI | None, bool]:

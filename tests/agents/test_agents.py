@@ -108,6 +108,45 @@ async def test_run_agent_on_a_chain_moves_the_head(lock: ThreadLock) -> None:
     assert fake.branches() == {}
 
 
+async def test_a_tool_calling_run_on_a_chain_moves_the_head_past_every_response(
+    lock: ThreadLock,
+) -> None:
+    fake = FakeOpenAI(response_duration=0)
+    client = fake.client()
+
+    @agents.function_tool
+    def weather() -> str:
+        """Today's weather."""
+        return "sunny"
+
+    async with guard_conversation(client, None, lock=lock, chain="user-8") as turn:
+        first = await turn.run_agent(_agent(), "hello")
+    async with guard_conversation(client, None, lock=lock, chain="user-8") as turn:
+        second = await turn.run_agent(_agent(tools=[weather]), "weather?")
+    assert second.final_output == "Reply to: sunny"
+    call, answer = (r.response_id for r in second.raw_responses)
+    assert answer == second.last_response_id
+    assert await lock.chain_head("user-8") == answer  # type: ignore[attr-defined]
+    assert fake.previous_response_id(answer) == call
+    assert fake.previous_response_id(call) == first.last_response_id
+    assert fake.branches() == {}
+
+
+async def test_without_a_run_config_the_run_gets_no_sdk_retries() -> None:
+    from threadlock import MemoryThreadLock
+    from threadlock.openai.agents import _Budget, locked_run_config
+
+    client = FakeOpenAI().client()
+    budget = _Budget(MemoryThreadLock(), "k", 1.0)
+    config = locked_run_config(None, agent=_agent(), client=client, budget=budget, is_open=bool)
+    assert config.model_settings is not None
+    assert config.model_settings.retry == NO_SDK_RETRIES
+    model = config.model_provider.get_model("gpt-4o")
+    assert isinstance(model, LockedModel)
+    assert isinstance(model.inner, agents.OpenAIResponsesModel)
+    assert model.inner._client is client  # the guard's client serves the models
+
+
 async def test_a_tool_calling_turn_spans_several_responses_under_one_lease(
     lock: ThreadLock,
 ) -> None:

@@ -45,7 +45,7 @@ import anyio
 import openai
 
 from threadlock._validate import check_key, check_timeout, check_ttl
-from threadlock.errors import LeaseLost, ThreadLockError
+from threadlock.errors import LeaseLost, ThreadBusy, ThreadLockError
 from threadlock.observe import backend_kind, observer_of
 from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.guard import ConversationTurn
@@ -108,8 +108,6 @@ class _Budget:
         self, error: openai.BadRequestError, backoff: Backoff, deadline: float | None
     ) -> None:
         """Sleep before the next try, or raise :class:`ThreadBusy` when the budget is spent."""
-        from threadlock.errors import ThreadBusy
-
         delay = backoff.next_delay()
         self._observer.conversation_locked(self._key, delay)
         if not await sleep_within(delay, deadline):

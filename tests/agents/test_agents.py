@@ -223,6 +223,19 @@ async def test_conversation_locked_is_retried_within_the_guards_timeout(
     assert await lock.held() == []
 
 
+async def test_every_model_call_of_a_run_shares_one_deadline() -> None:
+    from threadlock import MemoryThreadLock
+    from threadlock.openai.agents import _Budget
+
+    budget = _Budget(MemoryThreadLock(), "k", 5.0)
+    _, first = budget.start()
+    await anyio.sleep(0.01)
+    _, second = budget.start()
+    assert first is not None
+    assert first == second  # a later model call of the run gets no fresh budget
+    assert _Budget(MemoryThreadLock(), "k", None).start()[1] is None
+
+
 async def test_conversation_locked_then_free_is_answered(lock: ThreadLock) -> None:
     fake = FakeOpenAI(response_duration=0)
     client = fake.client()

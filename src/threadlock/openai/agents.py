@@ -14,11 +14,12 @@ never load ``agents``. Importing it without the extra raises :class:`ImportError
   :func:`run_session` runs ``Runner.run`` with one of them, the whole run under one lease.
 
 One retry budget. Every model call of a run goes through a model wrapper that retries
-``conversation_locked`` with backoff and jitter until the guard's ``timeout`` (then raises
-:class:`~threadlock.ThreadBusy`), like ``turn.create``. The SDK's own retries are switched
-off for the run: its ``ModelSettings.retry`` gets ``ModelRetrySettings(max_retries=0)``, which
-disables both its compatibility retries of ``conversation_locked`` (1, 2 and 4 s) and the
-openai client's hidden retries, so the two never stack.
+``conversation_locked`` with backoff and jitter, all the calls of the run within one guard
+``timeout`` counted from the run's first model call (then it raises
+:class:`~threadlock.ThreadBusy`). The SDK's own retries are switched off for the run: its
+``ModelSettings.retry`` gets ``ModelRetrySettings(max_retries=0)``, which disables both its
+compatibility retries of ``conversation_locked`` (1, 2 and 4 s) and the openai client's
+hidden retries, so the two never stack.
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def _holds(lock: ThreadLock, key: str) -> bool:
 
 
 class _Budget:
-    """The ``conversation_locked`` retries of one model call, bounded by ``timeout``."""
+    """The ``conversation_locked`` retries of one run: ``timeout`` from its first model call.
+
+    Every model call of the run draws on the same deadline, so a run with many responses
+    never waits for OpenAI's lock longer than ``timeout`` in all.
+    """
 
     def __init__(self, lock: ThreadLock, key: str, timeout: float | None) -> None:
         self._lock = lock
@@ -99,10 +104,12 @@ class _Budget:
         self._timeout = timeout
         self._observer = observer_of(lock)
         self._kind = backend_kind(lock)
+        self._deadline: float | None = None
 
     def start(self) -> tuple[Backoff, float | None]:
-        deadline = None if self._timeout is None else anyio.current_time() + self._timeout
-        return Backoff(0.5, 2.0), deadline
+        if self._timeout is not None and self._deadline is None:
+            self._deadline = anyio.current_time() + self._timeout
+        return Backoff(0.5, 2.0), self._deadline
 
     async def wait_or_raise(
         self, error: openai.BadRequestError, backoff: Backoff, deadline: float | None

@@ -364,15 +364,20 @@ async def test_locked_conversations_session_serialises_runs(lock: ThreadLock) ->
     fake = FakeOpenAI(response_duration=0.1)
     client = fake.client()
     conversation = fake.add_conversation()
-    session = LockedOpenAIConversationsSession(
-        conversation_id=conversation, lock=lock, openai_client=client, timeout=30
-    )
-    assert isinstance(session, agents.OpenAIConversationsSession)
+
+    def session() -> LockedOpenAIConversationsSession:
+        # One instance per run, as separate processes would have: the SDK's own asyncio.Lock
+        # is per instance and would not serialise them.
+        return LockedOpenAIConversationsSession(
+            conversation_id=conversation, lock=lock, openai_client=client, timeout=30
+        )
+
+    assert isinstance(session(), agents.OpenAIConversationsSession)
     texts = [f"m{i}" for i in range(4)]
     replies: dict[str, str] = {}
 
     async def one(text: str) -> None:
-        result = await run_session(_agent(), text, session=session)
+        result = await run_session(_agent(), text, session=session())
         replies[text] = result.final_output
 
     async with anyio.create_task_group() as tg:
@@ -386,9 +391,36 @@ async def test_locked_conversations_session_serialises_runs(lock: ThreadLock) ->
     assert sorted(seen.values(), key=len) == [longest[: n + 1] for n in range(len(texts))]
     assert fake.conversation_inputs(conversation) == longest
     assert fake.concurrency_errors == 0
-    items = await session.get_items()
+    items = await session().get_items()
     roles = [item.get("role") for item in items]
     assert roles == ["user", "assistant"] * len(texts)
+
+
+async def test_bare_conversations_sessions_interleave() -> None:
+    # What the locked session prevents: separate instances (processes) run at once, so
+    # their questions and answers interleave in the conversation.
+    fake = FakeOpenAI(response_duration=0.1)
+    client = fake.client()
+    conversation = fake.add_conversation()
+    provider = agents.OpenAIProvider(openai_client=client, use_responses=True)
+    config = agents.RunConfig(model_provider=provider)
+    replies: list[str] = []
+
+    async def one(text: str) -> None:
+        session = agents.OpenAIConversationsSession(
+            conversation_id=conversation, openai_client=client
+        )
+        result = await agents.Runner.run(_agent(), text, session=session, run_config=config)
+        replies.append(result.final_output)
+
+    async with anyio.create_task_group() as tg:
+        for text in ("m0", "m1", "m2", "m3"):
+            tg.start_soon(one, text)
+    assert len(replies) == 4
+    page = await client.conversations.items.list(conversation, order="asc")
+    roles = [getattr(item, "role", None) for item in page.data]
+    assert sorted(roles) == ["assistant"] * 4 + ["user"] * 4
+    assert roles != ["user", "assistant"] * 4  # a run's answer is not next to its question
 
 
 async def test_locked_conversations_session_excludes_guarded_turns(lock: ThreadLock) -> None:
@@ -420,3 +452,39 @@ def _text(item: Any) -> str:
 
 def test_openai_is_the_sdk_the_fake_serves() -> None:
     assert isinstance(FakeOpenAI().client(), openai.AsyncOpenAI)
+
+
+async def test_a_locked_stream_open_is_retried_and_events_pass_through() -> None:
+    # The SDK streams through Model.stream_response; FakeOpenAI serves no streams yet, so a
+    # Model of the test's own stands in for the OpenAI one behind the wrapper.
+    from threadlock import MemoryThreadLock
+    from threadlock.openai.agents import _Budget
+
+    fake = FakeOpenAI(response_duration=0)
+    client = fake.client()
+    conversation = fake.add_conversation()
+    fake.add_background_response(conversation, "in_progress", completes_in=3600)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(model="m", conversation=conversation, input="x")
+    locked = caught.value
+    opened: list[int] = []
+
+    class Inner(agents.Model):
+        async def get_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+        async def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            opened.append(1)
+            if len(opened) == 1:
+                raise locked
+            for event in ("created", "delta", "completed"):
+                yield event
+
+    model = LockedModel(Inner(), _Budget(MemoryThreadLock(), conversation, 30.0), lambda: True)
+    events = [event async for event in model.stream_response()]
+    assert events == ["created", "delta", "completed"]
+    assert len(opened) == 2
+
+    refusing = LockedModel(Inner(), _Budget(MemoryThreadLock(), conversation, 30.0), bool)
+    with pytest.raises(ThreadLockError, match="turn that has ended"):
+        [event async for event in refusing.stream_response()]

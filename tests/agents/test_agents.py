@@ -145,6 +145,14 @@ async def test_without_a_run_config_the_run_gets_no_sdk_retries() -> None:
     assert isinstance(model, LockedModel)
     assert isinstance(model.inner, agents.OpenAIResponsesModel)
     assert model.inner._client is client  # the guard's client serves the models
+    as_dict = locked_run_config(
+        {"workflow_name": "w"}, agent=_agent(), client=client, budget=budget, is_open=bool
+    )
+    assert as_dict.workflow_name == "w"
+    assert as_dict.model_settings is not None
+    assert as_dict.model_settings.retry == NO_SDK_RETRIES
+    with pytest.raises(TypeError, match="run_config"):
+        locked_run_config(3, agent=_agent(), client=client, budget=budget, is_open=bool)  # type: ignore[arg-type]
 
 
 async def test_a_tool_calling_turn_spans_several_responses_under_one_lease(

@@ -212,7 +212,7 @@ class LockedModelProvider(ModelProvider):
 
 
 def locked_run_config(
-    run_config: agents.RunConfig | None,
+    run_config: agents.RunConfig | dict[str, Any] | None,
     *,
     agent: agents.Agent[Any],
     client: openai.AsyncOpenAI | None,
@@ -225,7 +225,16 @@ def locked_run_config(
     A ``Model`` instance given as ``run_config.model`` or as the agent's ``model`` is wrapped
     too (one set on a handoff target is the caller's to wrap with :class:`LockedModel`).
     """
-    config = run_config if run_config is not None else agents.RunConfig()
+    if run_config is None:
+        config = agents.RunConfig()
+    elif isinstance(run_config, dict):  # Runner.run takes the fields as a dict too
+        config = agents.RunConfig(**run_config)
+    elif isinstance(run_config, agents.RunConfig):
+        config = run_config
+    else:
+        raise TypeError(
+            f"run_config must be an agents.RunConfig or a dict, not {type(run_config).__name__}"
+        )
     changes: dict[str, Any] = {}
     provider = config.model_provider
     if client is not None and type(provider) is agents.MultiProvider:

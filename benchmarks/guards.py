@@ -12,6 +12,10 @@ It reports four things:
   responses take no time, so what is left is the lock, the registry and the guard's Python.
 * The same two for a streamed conversation turn (``turn.stream(...)`` read to its end, against
   a bare ``client.responses.stream(...)``).
+* The Agents SDK (``turn.run_agent``, needs the ``agents`` extra; skipped without it): API
+  calls per turn beyond the bare ``Runner.run``'s, the guard's time per turn, and a burst of 5
+  messages 0.1 s apart on one conversation (1 s per response): the bare SDK's failures and time
+  to the last reply against the guarded run's.
 * ``recover_orphaned_runs`` over many registered threads at several ``concurrency`` values,
   with a fixed per-request latency, against the lower bound calls x latency / concurrency.
 """
@@ -146,6 +150,94 @@ async def streaming(turns: int) -> dict[str, Any]:
     }
 
 
+async def agents_rows(turns: int) -> dict[str, Any] | None:
+    try:
+        import agents
+    except ImportError:
+        return None
+    agents.set_tracing_disabled(True)
+    fake = FakeOpenAI(response_duration=0)
+    client = fake.client()
+    lock = MemoryThreadLock()
+    config = agents.RunConfig(
+        model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True)
+    )
+    agent = agents.Agent(name="bot", instructions="Be brief.", model="gpt-4o")
+    conversation = fake.add_conversation()
+
+    async def bare(index: int) -> None:
+        await agents.Runner.run(agent, f"b{index}", conversation_id=conversation, run_config=config)
+
+    async def guarded(index: int) -> None:
+        async with guard_conversation(client, conversation, lock=lock) as turn:
+            await turn.run_agent(agent, f"g{index}", run_config=config)
+
+    fake.reset_counters()
+    for index in range(turns):
+        await bare(index)
+    bare_calls = fake.requests / turns
+    fake.reset_counters()
+    for index in range(turns):
+        await guarded(index)
+    guarded_calls = fake.requests / turns
+    bare_s = await _timed(turns, bare)
+    guarded_s = await _timed(turns, guarded)
+    return {
+        "turns": turns,
+        "bare_calls_per_turn": bare_calls,
+        "guarded_calls_per_turn": guarded_calls,
+        "extra_calls_per_turn": guarded_calls - bare_calls,
+        "bare_turn_p50_ms": _pct(bare_s, 0.5) * 1e3,
+        "guarded_turn_p50_ms": _pct(guarded_s, 0.5) * 1e3,
+        "overhead_p50_ms": (_pct(guarded_s, 0.5) - _pct(bare_s, 0.5)) * 1e3,
+        "burst": [await agents_burst("bare"), await agents_burst("guarded")],
+    }
+
+
+async def agents_burst(mode: str, messages: int = 5) -> dict[str, Any]:
+    import agents
+
+    fake = FakeOpenAI(response_duration=1.0)
+    client = fake.client()
+    lock = MemoryThreadLock()
+    config = agents.RunConfig(
+        model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True)
+    )
+    agent = agents.Agent(name="bot", instructions="Be brief.", model="gpt-4o")
+    conversation = fake.add_conversation()
+    failures = 0
+    last = 0.0
+    started = time.perf_counter()
+
+    async def one(index: int) -> None:
+        nonlocal failures, last
+        await anyio.sleep(index * 0.1)
+        try:
+            if mode == "bare":
+                await agents.Runner.run(
+                    agent, f"m{index}", conversation_id=conversation, run_config=config
+                )
+            else:
+                async with guard_conversation(client, conversation, lock=lock) as turn:
+                    await turn.run_agent(agent, f"m{index}", run_config=config)
+            last = max(last, time.perf_counter() - started)
+        except Exception:
+            failures += 1
+
+    async with anyio.create_task_group() as tg:
+        for index in range(messages):
+            tg.start_soon(one, index)
+    inputs = fake.conversation_inputs(conversation)
+    return {
+        "mode": mode,
+        "messages": messages,
+        "failures": failures,
+        "last_reply_s": last,
+        "in_order": inputs == sorted(inputs),
+        "conversation_locked_errors": fake.concurrency_errors_by_kind["conversation_locked"],
+    }
+
+
 async def recovery(threads: int, latency: float, concurrencies: list[int]) -> list[dict[str, Any]]:
     rows = []
     for concurrency in concurrencies:
@@ -240,6 +332,33 @@ def _markdown(doc: dict[str, Any]) -> str:
             f"{row['wall_s']:.2f} | {row['bound_s']:.2f} | {row['ratio']:.2f} | "
             f"{'PASS' if row['within_1_2x'] else 'MISS'} |"
         )
+    ag = doc.get("agents")
+    if ag is None:
+        lines += ["", "## Agents SDK", "", "Skipped: the `agents` extra is not installed."]
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "## Agents SDK (`turn.run_agent`)",
+        "",
+        "| measure | bare `Runner.run` | guarded | target |",
+        "| --- | ---: | ---: | --- |",
+        f"| API calls per turn | {ag['bare_calls_per_turn']:.2f} | "
+        f"{ag['guarded_calls_per_turn']:.2f} | 0 extra — "
+        f"{'PASS' if ag['extra_calls_per_turn'] == 0 else 'MISS'} |",
+        f"| turn p50 ms | {ag['bare_turn_p50_ms']:.3f} | {ag['guarded_turn_p50_ms']:.3f} | "
+        f"overhead {ag['overhead_p50_ms']:.3f} ms < 1 ms — "
+        f"{'PASS' if ag['overhead_p50_ms'] < 1 else 'MISS'} |",
+        "",
+        "Burst: 5 messages 0.1 s apart on one conversation, 1 s per response, one process.",
+        "",
+        "| run | failures | last reply s | in order | conversation_locked errors |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for row in ag["burst"]:
+        lines.append(
+            f"| {row['mode']} | {row['failures']} | {row['last_reply_s']:.2f} | "
+            f"{row['in_order']} | {row['conversation_locked_errors']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +376,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "streaming": await streaming(turns),
         "recovery_latency_s": latency,
         "recovery": await recovery(threads, latency, concurrencies),
+        "agents": await agents_rows(turns),
     }
 
 

@@ -452,6 +452,17 @@ class ConversationTurn(_Turn):
             await self._untrack(response_id)
         return done
 
+    async def run_agent(self, agent: Any, input: Any, **kwargs: Any) -> Any:
+        """``agents.Runner.run(agent, input, ...)`` inside this turn (the ``agents`` extra).
+
+        See :func:`threadlock.openai.agents.run_agent`: ``conversation_id=`` (or the chain's
+        ``previous_response_id=``) is supplied, and ``conversation_locked`` is retried within
+        the guard's ``timeout``, with the Agents SDK's own retries off.
+        """
+        from threadlock.openai.agents import run_agent
+
+        return await run_agent(self, agent, input, **kwargs)
+
 
 class ConversationGuard(_Guard[ConversationTurn]):
     """The async context manager returned by :func:`guard_conversation`."""

@@ -92,6 +92,17 @@ class SyncConversationTurn(_SyncTurn["_guard.ConversationTurn"]):
         """See :meth:`threadlock.openai.ConversationTurn.wait`."""
         return self._bridge.call(self._turn.wait, response)
 
+    def run_agent(self, agent: Any, input: Any, **kwargs: Any) -> Any:
+        """The blocking ``turn.run_agent`` (the ``agents`` extra): the sync form of
+        ``agents.Runner.run_sync`` for a guarded turn.
+
+        ``Runner.run`` runs on threadlock.sync's loop while this thread waits, so the lease is
+        renewed meanwhile; see :func:`threadlock.openai.agents.run_agent`. The models use an
+        ``AsyncOpenAI`` built from the sync client's settings (key, base URL, organization,
+        project, timeout), unless ``run_config`` names a ``model_provider``.
+        """
+        return self._bridge.call(self._turn.run_agent, agent, input, **kwargs)
+
 
 class SyncThreadTurn(_SyncTurn["_guard.ThreadTurn"]):
     """The blocking :class:`threadlock.openai.ThreadTurn`."""

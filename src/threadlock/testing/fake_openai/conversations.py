@@ -101,6 +101,18 @@ def tool_outputs(items: list[Json]) -> list[str]:
     ]
 
 
+def first_function_tool(tools: Any) -> str | None:
+    """The name of the first function tool of a request's ``tools``, if any."""
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if isinstance(tool, Mapping) and tool.get("type") == "function":
+            name = tool.get("name")
+            if isinstance(name, str) and name:
+                return name
+    return None
+
+
 class Conversations:
     """``/conversations`` and its items; the lock and the history of each conversation."""
 

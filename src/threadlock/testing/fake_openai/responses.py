@@ -10,10 +10,11 @@ way its conversation is locked until it completes (see :mod:`.conversations`).
 answer depends on how the client reads it: JSON, or with ``stream=true`` the server-sent events
 of :mod:`.streaming`, during which the conversation stays locked.
 
-A response answers with an assistant message, or, when armed by
-:meth:`Responses.arm_function_call`, with one ``function_call`` output item; the next turn sends
-its ``function_call_output`` and gets a message built from it, so a tool-calling agent's turn
-spans several responses.
+A response answers with an assistant message, or with one ``function_call`` output item: when
+armed by :meth:`Responses.arm_function_call`, or when the request has a function tool and its
+input holds no ``function_call_output`` yet (then it calls the first function tool, arguments
+``{}``). The next turn sends its ``function_call_output`` and gets a message built from it, so a
+tool-calling agent's turn spans several responses.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from threadlock.testing.fake_openai.clock import Clock, Timeline, check_duration
 from threadlock.testing.fake_openai.conversations import (
     Conversations,
+    first_function_tool,
     input_items,
     response_output,
     tool_outputs,
@@ -62,6 +64,7 @@ class _Plan:
     instructions: Any
     metadata: dict[str, str]
     items: list[Json]
+    tool: str | None = None  # the function tool to call, when the request has one
 
 
 class Responses:
@@ -130,19 +133,28 @@ class Responses:
         """Make the next response (on ``conversation_id``, or any) call function ``name``."""
         self._armed.append((conversation_id, name, arguments))
 
-    def _take_function_call(self, conversation_id: str | None) -> Json | None:
+    def _function_call(self, plan: _Plan) -> Json | None:
+        """The function call this response answers with: an armed one, else the request's
+        first function tool (when its input carries no tool output yet), else none."""
+        conversation_id = plan.conversation.id if plan.conversation else None
+        call: tuple[str, str] | None = None
         for index, (target, name, arguments) in enumerate(self._armed):
             if target is None or target == conversation_id:
                 del self._armed[index]
-                return {
-                    "id": new_id("fc"),
-                    "type": "function_call",
-                    "status": "completed",
-                    "call_id": new_id("call"),
-                    "name": name,
-                    "arguments": arguments,
-                }
-        return None
+                call = (name, arguments)
+                break
+        if call is None and plan.tool is not None:
+            call = (plan.tool, "{}")
+        if call is None:
+            return None
+        return {
+            "id": new_id("fc"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": new_id("call"),
+            "name": call[0],
+            "arguments": call[1],
+        }
 
     # ---------------------------------------------------------------- inspection
 
@@ -220,6 +232,7 @@ class Responses:
             instructions=body.get("instructions"),
             metadata=metadata,
             items=items,
+            tool=first_function_tool(body.get("tools")) if not tool_outputs(items) else None,
         )
 
     def _start(self, plan: _Plan) -> tuple[Response, float]:
@@ -246,7 +259,7 @@ class Responses:
             metadata=plan.metadata,
             input_texts=user_texts(plan.items),
             reply_to=user_texts(plan.items) or tool_outputs(plan.items),
-            tool_call=self._take_function_call(plan.conversation.id if plan.conversation else None),
+            tool_call=self._function_call(plan),
             stream=plan.stream,
         )
         if plan.conversation is not None:

@@ -1,0 +1,518 @@
+"""The OpenAI Agents SDK (``openai-agents``) under a threadlock lease; the ``agents`` extra.
+
+Nothing imports this module but its users: ``import threadlock`` and ``import threadlock.openai``
+never load ``agents``. Importing it without the extra raises :class:`ImportError` naming
+``pip install 'threadlock[agents]'``.
+
+- :func:`run_agent` (also ``turn.run_agent``) runs ``agents.Runner.run`` inside a
+  :func:`~threadlock.openai.guard_conversation` turn: with ``conversation_id=`` the guarded
+  conversation, or on a ``previous_response_id`` chain (the head is read under the lease and
+  moved to ``result.last_response_id`` with a compare-and-set).
+- :class:`LockedSession` wraps any agents ``Session``: its reads and writes happen under the
+  lease of its key. :class:`LockedOpenAIConversationsSession` is an
+  ``OpenAIConversationsSession`` whose key is its conversation, safe across processes.
+  :func:`run_session` runs ``Runner.run`` with one of them, the whole run under one lease.
+
+One retry budget. Every model call of a run goes through a model wrapper that retries
+``conversation_locked`` with backoff and jitter, all the calls of the run within one guard
+``timeout`` counted from the run's first model call (then it raises
+:class:`~threadlock.ThreadBusy`). The SDK's own retries are switched off for the run: its
+``ModelSettings.retry`` gets ``ModelRetrySettings(max_retries=0)``, which disables both its
+compatibility retries of ``conversation_locked`` (1, 2 and 4 s) and the openai client's
+hidden retries, so the two never stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+try:
+    import agents
+    from agents.memory import OpenAIConversationsSession
+    from agents.models.interface import Model, ModelProvider
+    from agents.models.openai_provider import OpenAIProvider
+    from agents.retry import ModelRetrySettings
+except ImportError as _missing:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "'agents' (openai-agents) is needed for threadlock.openai.agents; install it with "
+        "`pip install 'threadlock[agents]'`"
+    ) from _missing
+
+import anyio
+import openai
+
+from threadlock._validate import check_key, check_timeout, check_ttl
+from threadlock.errors import LeaseLost, ThreadBusy, ThreadLockError
+from threadlock.observe import backend_kind, observer_of
+from threadlock.openai._threaded import ThreadedClient
+from threadlock.openai.guard import ConversationTurn
+from threadlock.openai.runs import Backoff, is_conversation_locked, sleep_within
+from threadlock.protocol import ThreadLock
+
+if TYPE_CHECKING:
+    from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
+    from agents.result import RunResult
+
+__all__ = [
+    "NO_SDK_RETRIES",
+    "LockedModel",
+    "LockedModelProvider",
+    "LockedOpenAIConversationsSession",
+    "LockedSession",
+    "locked_run_config",
+    "run_agent",
+    "run_session",
+]
+
+#: What the guard puts in ``ModelSettings.retry`` for a run: no SDK retries at all.
+NO_SDK_RETRIES = ModelRetrySettings(max_retries=0)
+_NO_RETRY_SETTINGS = agents.ModelSettings(retry=NO_SDK_RETRIES)
+
+# The (lock, key) pairs whose lease the current task holds for a whole run.
+_held: contextvars.ContextVar[frozenset[tuple[int, str]]] = contextvars.ContextVar(
+    "threadlock_agents_held", default=frozenset()
+)
+
+
+@contextlib.contextmanager
+def _holding(lock: ThreadLock, key: str) -> Iterator[None]:
+    token = _held.set(_held.get() | {(id(lock), key)})
+    try:
+        yield
+    finally:
+        _held.reset(token)
+
+
+def _holds(lock: ThreadLock, key: str) -> bool:
+    return (id(lock), key) in _held.get()
+
+
+class _Budget:
+    """The ``conversation_locked`` retries of one run: ``timeout`` from its first model call.
+
+    Every model call of the run draws on the same deadline, so a run with many responses
+    never waits for OpenAI's lock longer than ``timeout`` in all.
+    """
+
+    def __init__(self, lock: ThreadLock, key: str, timeout: float | None) -> None:
+        self._lock = lock
+        self._key = key
+        self._timeout = timeout
+        self._observer = observer_of(lock)
+        self._kind = backend_kind(lock)
+        self._deadline: float | None = None
+
+    def start(self) -> tuple[Backoff, float | None]:
+        if self._timeout is not None and self._deadline is None:
+            self._deadline = anyio.current_time() + self._timeout
+        return Backoff(0.5, 2.0), self._deadline
+
+    async def wait_or_raise(
+        self, error: openai.BadRequestError, backoff: Backoff, deadline: float | None
+    ) -> None:
+        """Sleep before the next try, or raise :class:`ThreadBusy` when the budget is spent."""
+        delay = backoff.next_delay()
+        self._observer.conversation_locked(self._key, delay)
+        if not await sleep_within(delay, deadline):
+            busy = ThreadBusy(self._key, delay)
+            busy.add_note("conversation_locked retries ran out")
+            self._observer.busy(self._kind, self._key, self._timeout or 0.0, "conversation_locked")
+            raise busy from error
+
+
+class LockedModel(Model):
+    """An agents ``Model`` whose calls retry ``conversation_locked`` within one budget.
+
+    It forwards everything else to the model it wraps, so the SDK sees the same model.
+    """
+
+    def __init__(self, inner: Model, budget: _Budget, is_open: Any) -> None:
+        self._inner = inner
+        self._budget = budget
+        self._is_open = is_open
+
+    @property
+    def inner(self) -> Model:
+        """The wrapped model."""
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _check_open(self) -> None:
+        if not self._is_open():
+            raise ThreadLockError(
+                "this agents model belongs to a threadlock turn that has ended; "
+                "run the agent inside the guard"
+            )
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        backoff, deadline = self._budget.start()
+        while True:
+            self._check_open()
+            try:
+                return await self._inner.get_response(*args, **kwargs)
+            except openai.BadRequestError as error:
+                if not is_conversation_locked(error):
+                    raise
+                await self._budget.wait_or_raise(error, backoff, deadline)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
+        return self._stream(args, kwargs)
+
+    async def _stream(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        backoff, deadline = self._budget.start()
+        while True:
+            self._check_open()
+            events = self._inner.stream_response(*args, **kwargs)
+            try:
+                first = await events.__anext__()
+            except StopAsyncIteration:
+                return
+            except openai.BadRequestError as error:
+                if not is_conversation_locked(error):
+                    raise
+                await self._budget.wait_or_raise(error, backoff, deadline)
+                continue
+            yield first
+            async for event in events:
+                self._check_open()
+                yield event
+            return
+
+    def get_retry_advice(self, request: Any) -> Any:
+        return self._inner.get_retry_advice(request)
+
+    async def _cleanup_on_run_end(self, owner: object) -> None:
+        await self._inner._cleanup_on_run_end(owner)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class LockedModelProvider(ModelProvider):
+    """A ``ModelProvider`` whose models are :class:`LockedModel` s."""
+
+    def __init__(self, inner: ModelProvider, budget: _Budget, is_open: Any) -> None:
+        self._inner = inner
+        self._budget = budget
+        self._is_open = is_open
+
+    def get_model(self, model_name: str | None) -> Model:
+        return LockedModel(self._inner.get_model(model_name), self._budget, self._is_open)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def locked_run_config(
+    run_config: agents.RunConfig | dict[str, Any] | None,
+    *,
+    agent: agents.Agent[Any],
+    client: openai.AsyncOpenAI | None,
+    budget: _Budget,
+    is_open: Any,
+) -> agents.RunConfig:
+    """The ``RunConfig`` of a guarded run: locked models and no SDK retries.
+
+    Without a ``model_provider`` of the caller's, models come from ``client`` (the guard's).
+    A ``Model`` instance given as ``run_config.model`` or as the agent's ``model`` is wrapped
+    too (one set on a handoff target is the caller's to wrap with :class:`LockedModel`).
+    """
+    if run_config is None:
+        config = agents.RunConfig()
+    elif isinstance(run_config, dict):  # Runner.run takes the fields as a dict too
+        config = agents.RunConfig(**run_config)
+    elif isinstance(run_config, agents.RunConfig):
+        config = run_config
+    else:
+        raise TypeError(
+            f"run_config must be an agents.RunConfig or a dict, not {type(run_config).__name__}"
+        )
+    changes: dict[str, Any] = {}
+    provider = config.model_provider
+    if client is not None and type(provider) is agents.MultiProvider:
+        provider = OpenAIProvider(openai_client=client, use_responses=True)
+    changes["model_provider"] = LockedModelProvider(provider, budget, is_open)
+    if isinstance(config.model, Model):
+        changes["model"] = LockedModel(config.model, budget, is_open)
+    elif config.model is None and isinstance(agent.model, Model):
+        changes["model"] = LockedModel(agent.model, budget, is_open)
+    settings = config.model_settings
+    locked = dataclasses.replace(config, **changes)
+    # Set after the copy: RunConfig(model_settings=...) re-validates them, about 1.5 ms a run,
+    # and these are the caller's settings (already validated) or ours.
+    if settings is None:
+        locked.model_settings = _NO_RETRY_SETTINGS
+    else:
+        locked.model_settings = dataclasses.replace(settings, retry=NO_SDK_RETRIES)
+    return locked
+
+
+def _async_client(client: Any) -> tuple[openai.AsyncOpenAI | None, bool]:
+    """The ``AsyncOpenAI`` for the models of a turn's run, and whether the run must close it.
+
+    A sync client (the turn of :mod:`threadlock.sync`) gets an async twin with its settings.
+    """
+    if isinstance(client, openai.AsyncOpenAI):
+        return client, False
+    if isinstance(client, ThreadedClient) and isinstance(client.wrapped, openai.OpenAI):
+        sync = client.wrapped
+        twin = openai.AsyncOpenAI(
+            api_key=sync.api_key,
+            organization=sync.organization,
+            project=sync.project,
+            base_url=sync.base_url,
+            timeout=sync.timeout,
+            max_retries=0,
+        )
+        return twin, True
+    return None, False
+
+
+def _no_supplied(kwargs: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name} is supplied by the guard; do not pass it")
+
+
+async def run_agent(
+    turn: ConversationTurn,
+    agent: agents.Agent[Any],
+    input: str | list[TResponseInputItem],
+    **kwargs: Any,
+) -> RunResult:
+    """``agents.Runner.run(agent, input, ...)`` inside ``turn`` (also ``turn.run_agent``).
+
+    On a conversation turn the run gets ``conversation_id=turn.conversation_id``. On a chain
+    turn it gets ``previous_response_id=`` the chain head, read under the lease, and the head
+    moves to ``result.last_response_id`` afterwards (compare-and-set under the lease; a head
+    that moved meanwhile raises :class:`~threadlock.LeaseLost`). Other keyword arguments go to
+    ``Runner.run``; ``run_config`` is kept, with its models wrapped and the SDK's retries off
+    (see the module doc).
+    """
+    if not isinstance(turn, ConversationTurn):
+        raise TypeError(f"turn must be a ConversationTurn, not {type(turn).__name__}")
+    _no_supplied(kwargs, ("conversation_id", "previous_response_id", "auto_previous_response_id"))
+    lock: ThreadLock = turn._lock
+    budget = _Budget(lock, turn.key, turn._timeout)
+    done = False
+    client, owned = _async_client(turn._client)
+    kwargs["run_config"] = locked_run_config(
+        kwargs.get("run_config"),
+        agent=agent,
+        client=client,
+        budget=budget,
+        is_open=lambda: not done,
+    )
+    head: str | None = None
+    chains: Any = None
+    if turn.chain is not None:
+        chains = lock
+        head = await chains.chain_head(turn.chain)
+        kwargs["previous_response_id"] = head
+    elif turn.conversation_id is not None:
+        kwargs["conversation_id"] = turn.conversation_id
+    try:
+        with _holding(lock, turn.key):
+            result: RunResult = await agents.Runner.run(agent, input, **kwargs)
+    finally:
+        done = True
+        if owned:
+            assert client is not None
+            with anyio.CancelScope(shield=True):
+                await client.close()
+    new_head = result.last_response_id
+    if chains is not None and new_head is not None and new_head != head:
+        lease = turn.lease
+        if not await chains.advance_chain(lease, head, new_head):
+            detail = "the chain head moved under the lease"
+            observer_of(lock).lost(backend_kind(lock), turn.key, lease.fence, detail)
+            raise LeaseLost(turn.key, lease.fence, detail)
+    return result
+
+
+# -- Sessions ------------------------------------------------------------------------------
+
+
+class _SessionLease:
+    """How a locked session takes its lease: for one call, unless a run holds it already."""
+
+    def __init__(self, lock: ThreadLock, key: str, ttl: float, timeout: float | None) -> None:
+        if not isinstance(lock, ThreadLock):
+            raise TypeError(f"lock must be a threadlock.ThreadLock, not {type(lock).__name__}")
+        self.lock = lock
+        self.key = check_key(key, "key")
+        self.ttl = check_ttl(ttl)
+        self.timeout = check_timeout(timeout)
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        if _holds(self.lock, self.key):
+            yield
+            return
+        async with self.lock.hold(self.key, ttl=self.ttl, timeout=self.timeout):
+            yield
+
+
+class LockedSession:
+    """Any agents ``Session`` whose reads and writes happen under the lease of ``key``.
+
+    ``key`` defaults to ``session.session_id``. Each call outside a run takes the lease for
+    that call; inside :func:`run_session` (which holds the lease for the whole run) the calls
+    run under the run's lease. Only the ``Session`` protocol is exposed: a method of the
+    wrapped session that the SDK would call around the lock is not forwarded.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        lock: ThreadLock,
+        key: str | None = None,
+        ttl: float = 30.0,
+        timeout: float | None = 300.0,
+    ) -> None:
+        if not isinstance(session, agents.memory.Session):
+            raise TypeError(f"session must be an agents Session, not {type(session).__name__}")
+        self._session = session
+        self.session_id: str = str(session.session_id)
+        self.session_settings: Any = getattr(session, "session_settings", None)
+        self._lease = _SessionLease(
+            lock, key if key is not None else session.session_id, ttl, timeout
+        )
+
+    @property
+    def wrapped(self) -> Any:
+        """The wrapped session."""
+        return self._session
+
+    @property
+    def key(self) -> str:
+        return self._lease.key
+
+    @property
+    def lock(self) -> ThreadLock:
+        return self._lease.lock
+
+    @property
+    def _ignore_ids_for_matching(self) -> bool:
+        return bool(getattr(self._session, "_ignore_ids_for_matching", False))
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        async with self._lease.held():
+            items: list[TResponseInputItem] = await self._session.get_items(limit)
+            return items
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        async with self._lease.held():
+            await self._session.add_items(items)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        async with self._lease.held():
+            item: TResponseInputItem | None = await self._session.pop_item()
+            return item
+
+    async def clear_session(self) -> None:
+        async with self._lease.held():
+            await self._session.clear_session()
+
+
+class LockedOpenAIConversationsSession(OpenAIConversationsSession):
+    """An ``OpenAIConversationsSession`` that is safe across processes.
+
+    The SDK's own session serialises calls within one instance only (an ``asyncio.Lock``).
+    This one holds the lease of its conversation for each call (or runs under the lease of
+    the :func:`run_session` run it is in), so it excludes every other process, and every
+    :func:`~threadlock.openai.guard_conversation` turn on the same conversation. The
+    conversation must exist (``conversation_id`` is required): a lazily created one could not
+    be shared. It stays an ``OpenAIConversationsSession``, so the SDK treats it as one.
+    """
+
+    def __init__(
+        self,
+        *,
+        conversation_id: str,
+        lock: ThreadLock,
+        openai_client: openai.AsyncOpenAI | None = None,
+        ttl: float = 30.0,
+        timeout: float | None = 300.0,
+        session_settings: Any = None,
+    ) -> None:
+        check_key(conversation_id, "conversation_id")
+        super().__init__(
+            conversation_id=conversation_id,
+            openai_client=openai_client,
+            session_settings=session_settings,
+        )
+        self._lease = _SessionLease(lock, conversation_id, ttl, timeout)
+
+    @property
+    def key(self) -> str:
+        return self._lease.key
+
+    @property
+    def lock(self) -> ThreadLock:
+        return self._lease.lock
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        async with self._lease.held():
+            return await super().get_items(limit)
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        async with self._lease.held():
+            await super().add_items(items)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        async with self._lease.held():
+            return await super().pop_item()
+
+    async def clear_session(self) -> None:
+        async with self._lease.held():
+            await super().clear_session()
+
+
+async def run_session(
+    agent: agents.Agent[Any],
+    input: str | list[TResponseInputItem],
+    *,
+    session: LockedSession | LockedOpenAIConversationsSession,
+    **kwargs: Any,
+) -> RunResult:
+    """``agents.Runner.run(agent, input, session=session, ...)`` under one lease.
+
+    The lease of ``session.key`` is held for the whole run (reading the history, every model
+    call, writing the new items), so two processes never interleave turns on one session.
+    The models get the same single retry budget as :func:`run_agent`: the session's
+    ``timeout``.
+    """
+    if not isinstance(session, LockedSession | LockedOpenAIConversationsSession):
+        raise TypeError(
+            "session must be a LockedSession or a LockedOpenAIConversationsSession, "
+            f"not {type(session).__name__}"
+        )
+    _no_supplied(kwargs, ("conversation_id", "previous_response_id"))
+    lease = session._lease
+    budget = _Budget(lease.lock, lease.key, lease.timeout)
+    done = False
+    client = session._openai_client if isinstance(session, OpenAIConversationsSession) else None
+    kwargs["run_config"] = locked_run_config(
+        kwargs.get("run_config"),
+        agent=agent,
+        client=client,
+        budget=budget,
+        is_open=lambda: not done,
+    )
+    try:
+        async with lease.lock.hold(lease.key, ttl=lease.ttl, timeout=lease.timeout):
+            with _holding(lease.lock, lease.key):
+                result: RunResult = await agents.Runner.run(agent, input, session=session, **kwargs)
+                return result
+    finally:
+        done = True

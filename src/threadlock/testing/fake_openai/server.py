@@ -204,10 +204,14 @@ class _ByteStreamMixin:
         self._module = module
         self._request = request
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # An iterator object, not an async generator: one the client abandons holds nothing
+        # that trio's finaliser would have to warn about; aclose() closes the events.
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            async for chunk in self._events:
-                yield chunk
+            return await self._events.__aiter__().__anext__()
         except ClientTimeoutError:
             raise self._module.ReadTimeout(
                 "Read timed out (FakeOpenAI)", request=self._request

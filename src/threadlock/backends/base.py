@@ -261,6 +261,11 @@ class BaseThreadLock(abc.ABC):
         """Seconds after which a dead waiter is skipped."""
         return self._grace
 
+    @property
+    def release_timeout(self) -> float:
+        """The bound on the shielded release at the end of ``hold()``."""
+        return self._release_timeout
+
     def _task_owner(self) -> str:
         return f"{self._owner}:{current_task_name()}"
 

@@ -29,8 +29,9 @@ import anyio.lowlevel
 
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_key
-from threadlock.backends.base import BaseThreadLock
+from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
+from threadlock.observe import Observer
 from threadlock.protocol import RunRecord
 
 __all__ = ["MemoryThreadLock"]
@@ -79,11 +80,23 @@ class MemoryThreadLock(BaseThreadLock):
 
     Args:
         owner: the owner prefix stored with each lease (``host:pid`` by default).
+        grace: accepted as every backend accepts it (a waiter of this process cannot die
+            without the process, so it is never needed here).
         release_timeout: the bound on the release at the end of ``hold()``.
+        observer: where this lock reports what it does (see :mod:`threadlock.observe`).
     """
 
-    def __init__(self, *, owner: str | None = None, release_timeout: float = 5.0) -> None:
-        super().__init__(owner=owner, release_timeout=release_timeout)
+    def __init__(
+        self,
+        *,
+        owner: str | None = None,
+        grace: float = DEFAULT_GRACE,
+        release_timeout: float = 5.0,
+        observer: Observer | None = None,
+    ) -> None:
+        super().__init__(
+            owner=owner, grace=grace, release_timeout=release_timeout, observer=observer
+        )
         self._entries: dict[str, _Entry] = {}
         self._last_fence = 0
         self._ops = 0

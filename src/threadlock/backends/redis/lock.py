@@ -26,13 +26,12 @@ from redis.asyncio.cluster import RedisCluster
 from threadlock._deadline import bounded_call
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_positive
-from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
+from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock, check_registry_ttls
 from threadlock.backends.redis.keys import KeyNames, NameCache, scan_pattern, text, ttl_ms
 from threadlock.backends.redis.keys import waiter_id as make_waiter_id
 from threadlock.backends.redis.registry import (
     DEFAULT_CHAIN_TTL,
     DEFAULT_REGISTRY_TTL,
-    MIN_REGISTRY_TTL,
     RedisRunRegistry,
 )
 from threadlock.backends.redis.scripts import RedisCommands, for_each_bounded
@@ -126,14 +125,9 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
             raise ValueError(
                 f"prefix must be encodable as UTF-8 (lone surrogates are not): {prefix!r}"
             ) from None
-        registry_s = check_positive(registry_ttl, "registry_ttl")
-        if registry_s < MIN_REGISTRY_TTL:
-            raise ValueError(
-                f"registry_ttl must be at least {MIN_REGISTRY_TTL:g} s (an OpenAI run lives "
-                f"up to 10 minutes), got {registry_ttl!r}"
-            )
+        registry_s, chain_s = check_registry_ttls(registry_ttl, chain_ttl)
         self._registry_ttl_ms = ttl_ms(registry_s)
-        self._chain_ttl_ms = ttl_ms(check_positive(chain_ttl, "chain_ttl"))
+        self._chain_ttl_ms = ttl_ms(chain_s)
         self._client = client
         self._commands = RedisCommands(client, check_positive(command_timeout, "command_timeout"))
         self._prefix = prefix

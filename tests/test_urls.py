@@ -63,3 +63,25 @@ def test_network_urls_build_without_connecting(url: str) -> None:
     # Nothing listens at these addresses: building must not try.
     lock = threadlock.from_url(url)
     assert isinstance(lock, threadlock.ThreadLock)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["memory://", "redis://127.0.0.1:1/0", "postgresql://nobody@127.0.0.1:1/postgres"],
+    ids=["memory", "redis", "postgres"],
+)
+def test_common_options_are_accepted_by_every_backend(url: str) -> None:
+    # Issue 18 item 5: switching THREADLOCK_URL between backends never breaks start-up.
+    # Nothing connects: from_url only builds the backend. The options are BaseThreadLock's.
+    observer = threadlock.observe.Observer()
+    lock = threadlock.from_url(
+        url,
+        owner="worker-1",
+        grace=2.5,
+        release_timeout=1.5,
+        observer=observer,
+    )
+    assert lock.owner == "worker-1"
+    assert lock.grace == 2.5
+    assert lock.release_timeout == 1.5
+    assert lock.observer is observer

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
+from threadlock._deadline import collecting
 from threadlock._validate import check_key, check_positive, check_timeout, check_ttl
 from threadlock.errors import LeaseLost
 from threadlock.observe import backend_kind, observer_of
@@ -147,6 +148,9 @@ class Hold:
         self._entered = False
         self._stop: anyio.Event | None = None
         self._extending = False
+        # The backend's shielded round trips of a renewal in flight (see threadlock._deadline),
+        # cut short when the block is left: the release settles the lease anyway.
+        self._shields: set[anyio.CancelScope] = set()
         self._task_id = 0  # the task that entered the block
         self._wake: _Wake | None = None  # set while the block is open
         self._scope: Scope | None = None
@@ -295,6 +299,8 @@ class Hold:
             # cost of a hold() (anyio formats a reason for every cancel).
             self._stop.set()
             if self._extending:  # do not wait for a renewal round trip in flight
+                for shield in list(self._shields):
+                    shield.cancel()
                 self._group.cancel_scope.cancel()
             # The body's exception is not handed to the task group, so it is never wrapped.
             await self._group.__aexit__(None, None, None)
@@ -368,7 +374,7 @@ async def _renew(
     hold = ref()
     if hold is None:  # dropped before the renewer even started
         return
-    lock, renew_every = hold._lock, hold._renew_every
+    lock, renew_every, shields = hold._lock, hold._renew_every, hold._shields
     release = (hold._release_timeout, hold._observer, hold._kind)
     next_at = anyio.current_time() + renew_every
     del hold
@@ -395,7 +401,8 @@ async def _renew(
         del hold
         failed: Exception | None = None
         try:
-            with anyio.fail_after(left):
+            # The extend is bounded by the lease's expiry, shields included (_deadline).
+            with anyio.fail_after(left), collecting(shields):
                 renewed = await lock.extend(lease)
         except Exception as error:
             failed = error

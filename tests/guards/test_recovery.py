@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from threadlock import MemoryThreadLock
+from threadlock import BackendError, MemoryThreadLock
 from threadlock.openai import guard_conversation, guard_thread, recover_orphaned_runs
 from threadlock.protocol import RunRecord
 from threadlock.testing import FakeOpenAI
@@ -197,3 +197,36 @@ async def test_arguments_are_checked(lock: Backend) -> None:
         await recover_orphaned_runs(client, lock=lock, thread_ids=[""])
     with pytest.raises(TypeError, match="client"):
         await recover_orphaned_runs(object(), lock=lock)  # type: ignore[arg-type]
+
+
+class _UntrackFails(MemoryThreadLock):
+    """A registry whose ``untrack_run`` fails for one thread's runs."""
+
+    def __init__(self, failing_key: str) -> None:
+        super().__init__()
+        self.failing_key = failing_key
+
+    async def untrack_run(self, key: str, run_id: str) -> None:
+        if key == self.failing_key:
+            raise BackendError("registry unreachable")
+        await super().untrack_run(key, run_id)
+
+
+async def test_a_registry_error_on_one_thread_is_listed_and_the_report_comes_back() -> None:
+    # Issue 18 item 3: a BackendError from untrack_run on one thread is in ``errors``; the
+    # other threads are recovered and a RecoveryReport is returned (no ExceptionGroup).
+    fake = FakeOpenAI(cancel_duration=0)
+    client = fake.client()
+    lock = _UntrackFails("")
+    failing_thread, failing_run = await _orphan_run(fake, lock, age=900)
+    _, other_run = await _orphan_run(fake, lock, age=900)
+    lock.failing_key = failing_thread
+
+    report = await recover_orphaned_runs(client, lock=lock, max_age=300)
+
+    assert sorted(report.cancelled) == sorted([failing_run, other_run])
+    assert [rid for rid, _ in report.errors] == [failing_run]
+    assert "registry unreachable" in report.errors[0][1]
+    assert fake.run_status(failing_run) == "cancelled"
+    assert fake.run_status(other_run) == "cancelled"
+    assert {r.run_id for r in await lock.tracked_runs()} == {failing_run}

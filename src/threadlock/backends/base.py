@@ -32,12 +32,39 @@ from threadlock.hold import DEFAULT_RELEASE_TIMEOUT, Hold
 from threadlock.observe import Observer
 from threadlock.observe import lookup as _lookup
 
-__all__ = ["DEFAULT_GRACE", "BaseThreadLock", "current_task_name", "default_owner"]
+__all__ = [
+    "DEFAULT_CHAIN_TTL",
+    "DEFAULT_GRACE",
+    "DEFAULT_REGISTRY_TTL",
+    "MIN_REGISTRY_TTL",
+    "BaseThreadLock",
+    "check_registry_ttls",
+    "current_task_name",
+    "default_owner",
+]
 
 _log = logging.getLogger("threadlock")
 
 #: Seconds after which a waiter whose process died is skipped.
 DEFAULT_GRACE = 5.0
+
+#: The longest an OpenAI run lives (it expires 10 minutes after creation): a run registry
+#: must keep entries at least that long.
+MIN_REGISTRY_TTL = 600.0
+#: How long a run registry and a chain head are kept (every backend bounds its state so).
+DEFAULT_REGISTRY_TTL = 24 * 3600.0
+DEFAULT_CHAIN_TTL = 30 * 24 * 3600.0
+
+
+def check_registry_ttls(registry_ttl: object, chain_ttl: object) -> tuple[float, float]:
+    """``(registry_ttl, chain_ttl)`` checked: positive numbers, the first at least 600 s."""
+    registry_s = check_positive(registry_ttl, "registry_ttl")
+    if registry_s < MIN_REGISTRY_TTL:
+        raise ValueError(
+            f"registry_ttl must be at least {MIN_REGISTRY_TTL:g} s (an OpenAI run lives "
+            f"up to 10 minutes), got {registry_ttl!r}"
+        )
+    return registry_s, check_positive(chain_ttl, "chain_ttl")
 
 
 def default_owner() -> str:
@@ -260,6 +287,11 @@ class BaseThreadLock(abc.ABC):
     def grace(self) -> float:
         """Seconds after which a dead waiter is skipped."""
         return self._grace
+
+    @property
+    def release_timeout(self) -> float:
+        """The bound on the shielded release at the end of ``hold()``."""
+        return self._release_timeout
 
     def _task_owner(self) -> str:
         return f"{self._owner}:{current_task_name()}"

@@ -23,14 +23,22 @@ import itertools
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
 
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_key
-from threadlock.backends.base import BaseThreadLock
+from threadlock.backends.base import (
+    DEFAULT_CHAIN_TTL,
+    DEFAULT_GRACE,
+    DEFAULT_REGISTRY_TTL,
+    BaseThreadLock,
+    check_registry_ttls,
+)
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
+from threadlock.observe import Observer
 from threadlock.protocol import RunRecord
 
 __all__ = ["MemoryThreadLock"]
@@ -79,11 +87,37 @@ class MemoryThreadLock(BaseThreadLock):
 
     Args:
         owner: the owner prefix stored with each lease (``host:pid`` by default).
+        grace: accepted as every backend accepts it (a waiter of this process cannot die
+            without the process, so it is never needed here).
         release_timeout: the bound on the release at the end of ``hold()``.
+        observer: where this lock reports what it does (see :mod:`threadlock.observe`).
+        registry_ttl: seconds a key's run registry is kept after its last ``track_run``
+            (each ``track_run`` also drops the key's entries recorded longer ago than this);
+            at least 600 (an OpenAI run's life). As on Redis.
+        chain_ttl: seconds a chain head is kept after its last ``advance_chain``.
     """
 
-    def __init__(self, *, owner: str | None = None, release_timeout: float = 5.0) -> None:
-        super().__init__(owner=owner, release_timeout=release_timeout)
+    def __init__(
+        self,
+        *,
+        owner: str | None = None,
+        grace: float = DEFAULT_GRACE,
+        release_timeout: float = 5.0,
+        observer: Observer | None = None,
+        registry_ttl: float = DEFAULT_REGISTRY_TTL,
+        chain_ttl: float = DEFAULT_CHAIN_TTL,
+    ) -> None:
+        super().__init__(
+            owner=owner, grace=grace, release_timeout=release_timeout, observer=observer
+        )
+        self._registry_ttl, self._chain_ttl = check_registry_ttls(registry_ttl, chain_ttl)
+        # The registry's and the chains' expiry, on this clock (a test may replace it): per
+        # key, when it is dropped; per run, when it was recorded.
+        self._clock: Callable[[], float] = time.monotonic
+        self._runs_until: dict[str, float] = {}
+        self._recorded: dict[str, dict[str, float]] = {}
+        self._chains_until: dict[str, float] = {}
+        self._next_prune = 0.0
         self._entries: dict[str, _Entry] = {}
         self._last_fence = 0
         self._ops = 0
@@ -166,6 +200,9 @@ class MemoryThreadLock(BaseThreadLock):
         )
 
     def _newest_run(self, key: str) -> str | None:
+        until = self._runs_until.get(key)
+        if until is not None and until <= self._clock():
+            return None
         runs = self._runs.get(key)
         return next(reversed(runs)) if runs else None
 
@@ -274,7 +311,18 @@ class MemoryThreadLock(BaseThreadLock):
         if not isinstance(record, RunRecord):
             raise TypeError(f"record must be a RunRecord, not {type(record).__name__}")
         self._check_open()
-        self._runs.setdefault(record.key, {})[record.run_id] = record
+        now = self._prune()
+        key = record.key
+        self._expire(key, now)
+        runs = self._runs.setdefault(key, {})
+        recorded = self._recorded.setdefault(key, {})
+        too_old = now - self._registry_ttl
+        for run_id in [r for r, at in recorded.items() if at <= too_old]:
+            del recorded[run_id]
+            runs.pop(run_id, None)
+        runs[record.run_id] = record
+        recorded.setdefault(record.run_id, now)  # first recorded, as on Redis
+        self._runs_until[key] = now + self._registry_ttl
         await anyio.lowlevel.checkpoint()
 
     async def untrack_run(self, key: str, run_id: str) -> None:
@@ -285,8 +333,9 @@ class MemoryThreadLock(BaseThreadLock):
         runs = self._runs.get(key)
         if runs is not None:
             runs.pop(run_id, None)
+            self._recorded.get(key, {}).pop(run_id, None)
             if not runs:
-                del self._runs[key]
+                self._drop_runs(key)
         await anyio.lowlevel.checkpoint()
 
     async def tracked_runs(self, key: str | None = None) -> list[RunRecord]:
@@ -295,7 +344,9 @@ class MemoryThreadLock(BaseThreadLock):
             check_key(key)
         self._check_open()
         await anyio.lowlevel.checkpoint()
+        now = self._prune(force=key is None)
         if key is not None:
+            self._expire(key, now)
             return list(self._runs.get(key, {}).values())
         records = [r for runs in self._runs.values() for r in runs.values()]
         return sorted(records, key=lambda r: r.created_at)
@@ -305,6 +356,7 @@ class MemoryThreadLock(BaseThreadLock):
         check_key(key)
         self._check_open()
         await anyio.lowlevel.checkpoint()
+        self._expire(key, self._prune())
         return self._chains.get(key)
 
     async def advance_chain(self, lease: Lease, expected: str | None, new: str) -> bool:
@@ -317,10 +369,45 @@ class MemoryThreadLock(BaseThreadLock):
         entry = self._current(lease.key)
         if entry is None or entry.holder is None or entry.holder.token != lease.token:
             return False
+        now = self._prune()
+        self._expire(lease.key, now)
         if self._chains.get(lease.key) != expected:
             return False
         self._chains[lease.key] = new
+        self._chains_until[lease.key] = now + self._chain_ttl
         return True
+
+    def _drop_runs(self, key: str) -> None:
+        self._runs.pop(key, None)
+        self._recorded.pop(key, None)
+        self._runs_until.pop(key, None)
+
+    def _expire(self, key: str, now: float) -> None:
+        """Drop ``key``'s registry and chain head if they are past their TTL (exact reads)."""
+        until = self._runs_until.get(key)
+        if until is not None and until <= now:
+            self._drop_runs(key)
+        until = self._chains_until.get(key)
+        if until is not None and until <= now:
+            del self._chains_until[key]
+            self._chains.pop(key, None)
+
+    def _prune(self, *, force: bool = False) -> float:
+        """Drop every registry and chain head past its TTL; returns the clock's time.
+
+        A full pass runs at most 16 times per TTL (amortised O(1) per call), or when
+        ``force`` (a read of every key); a read of one key checks that key (``_expire``).
+        """
+        now = self._clock()
+        if now < self._next_prune and not force:
+            return now
+        for key in [k for k, until in self._runs_until.items() if until <= now]:
+            self._drop_runs(key)
+        for key in [k for k, until in self._chains_until.items() if until <= now]:
+            del self._chains_until[key]
+            self._chains.pop(key, None)
+        self._next_prune = now + min(self._registry_ttl, self._chain_ttl) / 16
+        return now
 
     async def _aclose(self) -> None:
         for entry in self._entries.values():

@@ -20,7 +20,7 @@ import anyio
 import openai
 
 from threadlock._validate import check_key
-from threadlock.errors import ThreadBusy
+from threadlock.errors import BackendError, ThreadBusy
 from threadlock.observe import backend_kind, observer_of
 from threadlock.openai.guard import _check_client, _check_registry
 from threadlock.openai.runs import (
@@ -123,11 +123,17 @@ class _Recovery:
 
     async def forget(self, record: RunRecord | None) -> None:
         if record is not None and not self.dry_run:
-            await self.registry.untrack_run(record.key, record.run_id)
+            try:
+                await self.registry.untrack_run(record.key, record.run_id)
+            except BackendError as error:  # listed, not raised: the report still comes back
+                self.report.errors.append((record.run_id, f"untrack_run: {error}"))
 
     async def conversation(self, key: str, records: list[RunRecord], thread_ids: set[str]) -> None:
         async with self.leases:
-            await self._conversation(key, records, thread_ids)
+            try:
+                await self._conversation(key, records, thread_ids)
+            except BackendError as error:  # this conversation only; the others go on
+                self.report.errors.append((key, str(error)))
 
     async def _conversation(self, key: str, records: list[RunRecord], thread_ids: set[str]) -> None:
         self.report.checked.append(key)

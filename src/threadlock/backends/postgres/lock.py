@@ -63,6 +63,7 @@ from threadlock.backends.postgres.statements import (
 )
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
 from threadlock.hold import DEFAULT_RELEASE_TIMEOUT
+from threadlock.observe import Observer
 from threadlock.protocol import RunRecord
 
 __all__ = ["PostgresThreadLock"]
@@ -162,6 +163,7 @@ class PostgresThreadLock(BaseThreadLock):
             undo a release that nothing synchronous followed (the key then stays held until
             its TTL). ``False`` makes every statement use the server's setting. It has no
             effect on ``UNLOGGED`` lease tables (see the docs).
+        observer: where this lock reports what it does (see :mod:`threadlock.observe`).
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class PostgresThreadLock(BaseThreadLock):
         listen_idle: float = 60.0,
         statement_timeout: float = 30.0,
         relaxed_commit: bool = True,
+        observer: Observer | None = None,
         owns_pool: bool = False,
     ) -> None:
         self._table = check_identifier(table, "table", TABLE_RE, 48)
@@ -188,7 +191,9 @@ class PostgresThreadLock(BaseThreadLock):
             )
         if listen_conninfo is not None and not isinstance(listen_conninfo, str):
             raise TypeError("listen_conninfo must be a str or None")
-        super().__init__(owner=owner, grace=grace, release_timeout=release_timeout)
+        super().__init__(
+            owner=owner, grace=grace, release_timeout=release_timeout, observer=observer
+        )
         if not isinstance(listen_idle, (int, float)) or not listen_idle > 0:
             raise ValueError(f"listen_idle must be a number > 0, got {listen_idle!r}")
         self._statement_timeout = check_positive(statement_timeout, "statement_timeout")
@@ -353,6 +358,7 @@ class PostgresThreadLock(BaseThreadLock):
         rows = await self._execute(
             self._sql.acquire,
             (key, token, wid, owner, ttl, self._grace, enqueue, seq, self._relaxed),
+            settle=True,
         )
         attempt = _Attempt.from_row(key, rows[0])
         if seq is None and attempt.status == "granted":  # a free key: count towards a sweep

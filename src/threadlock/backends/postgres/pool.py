@@ -14,6 +14,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
+from threadlock._deadline import bounded_call
 from threadlock.errors import BackendError
 
 __all__ = ["Connections"]
@@ -64,13 +65,18 @@ class Connections:
         return self.pool
 
     async def execute(
-        self, query: bytes, params: tuple[Any, ...] | None = None
+        self, query: bytes, params: tuple[Any, ...] | None = None, *, settle: bool = False
     ) -> list[tuple[Any, ...]]:
-        """Run one statement, shielded from cancellation for at most ``statement_timeout``.
+        """Run one statement, shielded from cancellation, until the caller's deadline.
 
         Cancelling a statement in flight would leave it to commit or not, unknown to us, after
-        we gave up on it; so the statement runs to its end (or the timeout, a
-        ``BackendError``), and a cancellation is delivered right after it. A missing table or
+        we gave up on it; so the statement runs to its end, and a cancellation is delivered
+        right after it. It never runs past the caller's deadline (the lease's expiry for an
+        extend, ``release_timeout`` for a release, see :mod:`threadlock._deadline`) nor past
+        ``statement_timeout``: then it is a ``BackendError``. An acquire attempt passes
+        ``settle=True``: it runs to its end (``statement_timeout`` at most) whatever the
+        caller's deadline, because a grant committed after the caller gave up and withdrew
+        would leave a lease that nobody holds until its TTL. A missing table or
         function is a ``BackendError`` telling the caller to run ``create_schema``.
         """
         pool = self.pool if self._opened else await self.ready()
@@ -81,8 +87,8 @@ class Connections:
             try:
                 if not conn.autocommit:
                     await conn.set_autocommit(True)
-                rows: list[tuple[Any, ...]] | None = None
-                with anyio.move_on_after(self.statement_timeout, shield=True):
+                end = anyio.current_time() + self.statement_timeout if settle else None
+                async with bounded_call(self.statement_timeout, "Postgres", deadline=end):
                     # Prepared from the first call (unless the pool's connections disable
                     # prepared statements with prepare_threshold=None, as for PgBouncer).
                     cursor = await conn.execute(query, params, prepare=True)
@@ -90,10 +96,6 @@ class Connections:
             finally:
                 with anyio.CancelScope(shield=True):
                     await pool.putconn(conn)
-            if rows is None:
-                raise BackendError(
-                    f"Postgres did not answer within statement_timeout={self.statement_timeout}s"
-                )
             return rows
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as error:
             raise BackendError(self._missing) from error

@@ -20,17 +20,17 @@ import anyio.lowlevel
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from threadlock._deadline import bounded_call
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_positive
 from threadlock.backends._waiting import TokenFactory, Waiter, on_fork
-from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
+from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock, check_registry_ttls
 from threadlock.backends.redis.cluster import forget_connections
 from threadlock.backends.redis.keys import KeyNames, NameCache, scan_pattern, text, ttl_ms
 from threadlock.backends.redis.keys import waiter_id as make_waiter_id
 from threadlock.backends.redis.registry import (
     DEFAULT_CHAIN_TTL,
     DEFAULT_REGISTRY_TTL,
-    MIN_REGISTRY_TTL,
     RedisRunRegistry,
 )
 from threadlock.backends.redis.scripts import RedisCommands, for_each_bounded
@@ -47,6 +47,9 @@ _MIN_RETRY_AFTER = 0.001
 #: The longest ttl accepted (about 31 years): the scripts keep times as µs in Lua numbers
 #: (doubles), exact up to 2**53 µs since the epoch; anything longer is a ValueError.
 _MAX_TTL = 1e9
+
+#: Seconds a shielded round trip may take when its caller has no earlier deadline.
+DEFAULT_COMMAND_TIMEOUT = 10.0
 _MODES = {"try": b"t", "wait": b"w", "last": b"l"}
 
 
@@ -70,6 +73,9 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
             (and the most an entry is kept after it was first recorded, if the key goes on
             being used); at least 600 (an OpenAI run's life).
         chain_ttl: seconds a chain head is kept after its last ``advance_chain``.
+        command_timeout: the most a shielded round trip (extend, inspect, the registry, a
+            retried release) may take when its caller has no earlier deadline, whatever the
+            client's ``socket_timeout`` (redis-py's default, ``None``, waits for ever).
         observer: where this lock reports what it does (see :mod:`threadlock.observe`).
     """
 
@@ -84,6 +90,7 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         sharded_pubsub: bool | None = None,
         registry_ttl: float = DEFAULT_REGISTRY_TTL,
         chain_ttl: float = DEFAULT_CHAIN_TTL,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         observer: Observer | None = None,
         _owns_client: bool = False,
     ) -> None:
@@ -105,16 +112,11 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
             raise ValueError(
                 f"prefix must be encodable as UTF-8 (lone surrogates are not): {prefix!r}"
             ) from None
-        registry_s = check_positive(registry_ttl, "registry_ttl")
-        if registry_s < MIN_REGISTRY_TTL:
-            raise ValueError(
-                f"registry_ttl must be at least {MIN_REGISTRY_TTL:g} s (an OpenAI run lives "
-                f"up to 10 minutes), got {registry_ttl!r}"
-            )
+        registry_s, chain_s = check_registry_ttls(registry_ttl, chain_ttl)
         self._registry_ttl_ms = ttl_ms(registry_s)
-        self._chain_ttl_ms = ttl_ms(check_positive(chain_ttl, "chain_ttl"))
+        self._chain_ttl_ms = ttl_ms(chain_s)
         self._client = client
-        self._commands = RedisCommands(client)
+        self._commands = RedisCommands(client, check_positive(command_timeout, "command_timeout"))
         self._prefix = prefix
         self._cluster = isinstance(client, RedisCluster)
         self._sharded = self._cluster if sharded_pubsub is None else bool(sharded_pubsub)
@@ -146,9 +148,9 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]``.
 
         The backend options (``prefix``, ``owner``, ``grace``, ``release_timeout``,
-        ``sharded_pubsub``, ``registry_ttl``, ``chain_ttl``, ``observer``) may be given as
-        keywords; ``prefix`` also as the query parameter ``threadlock_prefix``. Every other
-        keyword goes to the redis-py client.
+        ``sharded_pubsub``, ``registry_ttl``, ``chain_ttl``, ``command_timeout``,
+        ``observer``) may be given as keywords; ``prefix`` also as the query parameter
+        ``threadlock_prefix``. Every other keyword goes to the redis-py client.
         """
         client, backend_options = client_from_url(url, options)
         return cls(client, _owns_client=True, **backend_options)
@@ -232,9 +234,9 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         if hub.inbox == channel and hub.subscribed(channel):
             return
         try:
-            with anyio.fail_after(self._release_timeout, shield=True):
+            async with bounded_call(self._release_timeout, "Redis SUBSCRIBE"):
                 await self._commands.command(lambda: hub.subscribe(channel))
-        except (BackendError, TimeoutError):  # the wait's re-checks still bound the wake-up
+        except BackendError:  # the wait's re-checks still bound the wake-up
             logger.warning(
                 "threadlock could not subscribe to %r; waiting on re-checks only",
                 channel,
@@ -356,17 +358,16 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
     async def _abandon(self, keys: list[bytes], key: str, token: str) -> None:
         """Shielded and bounded: leave the queue, or pass on a key granted meanwhile; and
         leave the acquire's tombstone (``keys`` are its acquire keys)."""
-        with anyio.move_on_after(self._release_timeout, shield=True):
-            try:
+        try:
+            async with bounded_call(self._release_timeout, "Redis abandon"):
                 await self._commands.script_unshielded("abandon", keys, self._pub, token)
-            except BackendError:
-                logger.warning(
-                    "threadlock could not leave the queue of %r; its entry expires within "
-                    "the grace",
-                    key,
-                    exc_info=True,
-                    extra={"event": "redis.abandon_failed", "key": key},
-                )
+        except BackendError:
+            logger.warning(
+                "threadlock could not leave the queue of %r; its entry expires within the grace",
+                key,
+                exc_info=True,
+                extra={"event": "redis.abandon_failed", "key": key},
+            )
 
     async def _await_local_turn(self, key: str) -> None:
         """Wait until the first attempts of earlier local acquires of ``key`` are answered.
@@ -403,16 +404,20 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
     async def _release(self, lease: Lease) -> bool:
         names = self._names(lease.key)
         keys = names.lock
+        # A release takes at most release_timeout, its retry included: at the end of hold()
+        # (whose own bound is release_timeout) a first try cut off there is not retried.
+        deadline = anyio.current_time() + self._release_timeout
         try:
             reply = await self._commands.script_unshielded("release", keys, self._pub, lease.token)
         except BackendError:
             raise
         except BaseException:
-            # Cancelled in flight: release again, shielded and bounded, so the lease is
-            # released whatever became of the first try (should that one reach Redis later,
-            # it finds the lease gone and changes nothing); then go on being cancelled.
-            with anyio.move_on_after(self._release_timeout, shield=True):
-                with contextlib.suppress(BackendError):
+            # Cancelled in flight: release again, shielded, within release_timeout of the
+            # call, so the lease is released whatever became of the first try (should that
+            # one reach Redis later, it finds the lease gone and changes nothing); then go on
+            # being cancelled.
+            with contextlib.suppress(BackendError):
+                async with bounded_call(self._release_timeout, "Redis release", deadline=deadline):
                     await self._commands.script_unshielded("release", keys, self._pub, lease.token)
             raise
         if isinstance(reply, bytes | str):  # handed to that waiter

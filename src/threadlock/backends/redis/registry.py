@@ -13,17 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 from threadlock._lease import Lease
 from threadlock._validate import check_key
+from threadlock.backends.base import DEFAULT_CHAIN_TTL, DEFAULT_REGISTRY_TTL, MIN_REGISTRY_TTL
 from threadlock.backends.redis.keys import NameCache, scan_pattern, text
 from threadlock.backends.redis.scripts import RedisCommands, for_each_bounded
 from threadlock.protocol import RunKind, RunRecord
 
 logger = logging.getLogger("threadlock")
 
-#: The longest an OpenAI run lives (it expires 10 minutes after creation): the run registry
-#: must keep entries at least that long.
-MIN_REGISTRY_TTL = 600.0
-DEFAULT_REGISTRY_TTL = 24 * 3600.0
-DEFAULT_CHAIN_TTL = 30 * 24 * 3600.0
+__all__ = [
+    "DEFAULT_CHAIN_TTL",
+    "DEFAULT_REGISTRY_TTL",
+    "MIN_REGISTRY_TTL",
+    "RedisRunRegistry",
+    "decode_record",
+    "encode_record",
+]
 
 
 def encode_record(record: RunRecord) -> str:

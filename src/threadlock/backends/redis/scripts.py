@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, TypeVar
 
 import anyio
@@ -22,6 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
+from threadlock._deadline import bounded_call
 from threadlock.backends.redis.cluster import SlotMap
 from threadlock.backends.redis.keys import text
 from threadlock.errors import BackendError
@@ -64,10 +66,11 @@ SCRIPT_SHA = {
 class RedisCommands:
     """One backend instance's way to Redis: scripts, plain commands and ``SCAN``."""
 
-    __slots__ = ("_slot_map", "client")
+    __slots__ = ("_slot_map", "client", "command_timeout")
 
-    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, command_timeout: float) -> None:
         self.client = client
+        self.command_timeout = command_timeout
         self._slot_map = SlotMap(client)
 
     async def script_unshielded(
@@ -95,14 +98,19 @@ class RedisCommands:
     async def script_shielded(self, name: str, keys: list[bytes], *args: bytes | str | int) -> Any:
         """:meth:`script_unshielded` in a shielded scope: its outcome is always known (a
         command cancelled in flight may still reach Redis after whatever the caller does
-        next). For every operation but the two hot ones."""
-        with anyio.CancelScope(shield=True):
+        next). For every operation but the two hot ones. Bounded by the caller's deadline
+        and ``command_timeout`` (see :mod:`threadlock._deadline`): a ``BackendError`` then."""
+        async with bounded_call(self.command_timeout, "Redis"):
             return await self.script_unshielded(name, keys, *args)
 
     async def command(self, run: Callable[[], Awaitable[_T]], *, shield: bool = False) -> _T:
-        """``await run()`` (redis-py calls), optionally shielded, errors as BackendError."""
+        """``await run()`` (redis-py calls), errors as BackendError; optionally shielded, and
+        then bounded as :meth:`script_shielded` is."""
+        bound: AbstractAsyncContextManager[None] = (
+            bounded_call(self.command_timeout, "Redis") if shield else nullcontext()
+        )
         try:
-            with anyio.CancelScope(shield=shield):
+            async with bound:
                 if not self._slot_map.loaded:
                     await self._slot_map.load()
                 result = await run()

@@ -17,6 +17,7 @@ BACKEND_OPTIONS = (
     "release_timeout",
     "sharded_pubsub",
     "registry_ttl",
+    "command_timeout",
     "chain_ttl",
     "observer",
 )

@@ -12,6 +12,7 @@ from threadlock.backends.base import BaseThreadLock
 from threadlock.backends.memory import MemoryThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy, ThreadLockError
 from threadlock.hold import Hold
+from threadlock.inbox import Batch, DeadLetter, Inbox, InboxFull, Message
 from threadlock.observe import (
     LoggingObserver,
     Observer,
@@ -24,13 +25,18 @@ from threadlock.protocol import ChainStore, RunRecord, RunRegistry, ThreadLock
 __all__ = [
     "BackendError",
     "BaseThreadLock",
+    "Batch",
     "ChainStore",
+    "DeadLetter",
     "Hold",
+    "Inbox",
+    "InboxFull",
     "Lease",
     "LeaseLost",
     "LockInfo",
     "LoggingObserver",
     "MemoryThreadLock",
+    "Message",
     "Observer",
     "RunRecord",
     "RunRegistry",

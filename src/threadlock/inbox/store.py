@@ -22,6 +22,7 @@ type with :func:`register_store` (the memory and Redis stores are registered her
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -148,6 +149,11 @@ def _builtin(lock: object) -> _Factory | None:
         from threadlock.inbox.memory import MemoryInboxStore
 
         return MemoryInboxStore.of
+    redis_module = sys.modules.get("threadlock.backends.redis.lock")
+    if redis_module is not None and isinstance(lock, redis_module.RedisThreadLock):
+        from threadlock.inbox.redis import RedisInboxStore
+
+        return RedisInboxStore.of
     return None
 
 

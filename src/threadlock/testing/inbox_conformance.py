@@ -153,6 +153,13 @@ class InboxConformance:
         assert await inbox.pending(key) == []
         assert await lock.inspect(key) is None
 
+    async def test_plain_async_for_runs_to_the_end(self, lock: Any) -> None:
+        inbox, key = Inbox(lock), _key()
+        answered = [[m.payload for m in b.messages] async for b in inbox.turns(key, "p")]
+        assert answered == [["p"]]
+        assert await inbox.pending(key) == []
+        assert await lock.inspect(key) is None
+
     async def test_payload_kinds_round_trip(self, lock: Any) -> None:
         inbox = Inbox(lock)
         for payload in ["tschüß 🧀", b"\x00\xffbin", {"a": [1, 2.5, None, True]}, [], 7, None]:

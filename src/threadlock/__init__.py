@@ -21,6 +21,7 @@ from threadlock.backends.base import BaseThreadLock
 from threadlock.backends.memory import MemoryThreadLock
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy, ThreadLockError
 from threadlock.hold import Hold
+from threadlock.inbox import Batch, DeadLetter, Inbox, InboxFull, Message
 from threadlock.observe import (
     LoggingObserver,
     Observer,
@@ -44,13 +45,18 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "BackendError",
     "BaseThreadLock",
+    "Batch",
     "ChainStore",
+    "DeadLetter",
     "Hold",
+    "Inbox",
+    "InboxFull",
     "Lease",
     "LeaseLost",
     "LockInfo",
     "LoggingObserver",
     "MemoryThreadLock",
+    "Message",
     "Observer",
     "RunRecord",
     "RunRegistry",

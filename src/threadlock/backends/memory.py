@@ -142,6 +142,18 @@ class MemoryThreadLock(BaseThreadLock):
         """
         return len(self._entries)
 
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` is the live lease of its key, decided without yielding.
+
+        With :meth:`release`, which does not yield before it releases either, this lets code
+        sharing this event loop (the inbox store) make "check, then release" one critical
+        section.
+        """
+        if not isinstance(lease, Lease):
+            raise TypeError(f"lease must be a threadlock.Lease, not {type(lease).__name__}")
+        entry = self._current(lease.key)
+        return entry is not None and entry.holder is not None and entry.holder.token == lease.token
+
     # -- internals ----------------------------------------------------------------------------
 
     def _new_holder(self, ttl: float, owner: str) -> _Holder:

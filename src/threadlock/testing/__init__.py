@@ -1,4 +1,4 @@
-"""Testing support: the conformance suites (lock, run registry, chain heads) and a fake
+"""Testing support: the conformance suites (lock, run registry, chain heads, inbox) and a fake
 OpenAI for bots' own tests.
 
 All are imported lazily, so ``import threadlock.testing`` needs neither pytest nor anything
@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from threadlock.testing.conformance import BackendConformance, backend_conformance
     from threadlock.testing.fake_openai import FakeOpenAI
+    from threadlock.testing.inbox_conformance import InboxConformance
     from threadlock.testing.registry_conformance import ChainConformance, RegistryConformance
 
 __all__ = [
     "BackendConformance",
     "ChainConformance",
     "FakeOpenAI",
+    "InboxConformance",
     "RegistryConformance",
     "backend_conformance",
 ]
@@ -26,6 +28,7 @@ _WHERE = {
     "BackendConformance": "threadlock.testing.conformance",
     "backend_conformance": "threadlock.testing.conformance",
     "FakeOpenAI": "threadlock.testing.fake_openai",
+    "InboxConformance": "threadlock.testing.inbox_conformance",
     "RegistryConformance": "threadlock.testing.registry_conformance",
     "ChainConformance": "threadlock.testing.registry_conformance",
 }

@@ -166,6 +166,11 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         return self._prefix
 
     @property
+    def sharded_pubsub(self) -> bool:
+        """Whether wake-ups go out by sharded pub/sub (``SPUBLISH``), as on a Cluster."""
+        return self._sharded
+
+    @property
     def registry_ttl(self) -> float:
         """Seconds a lock's run registry is kept after its last ``track_run``."""
         return self._registry_ttl_ms / 1000

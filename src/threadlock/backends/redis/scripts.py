@@ -1,6 +1,7 @@
 """The Lua scripts and the one path every round trip to Redis takes.
 
-The scripts are the package's ``lua/*.lua`` files. A lock script is ``_head.lua`` (locals
+The scripts are the package's ``lua/*.lua`` files (the inbox's are ``inbox_*.lua``, with
+their helpers in ``_inbox.lua``). A lock script is ``_head.lua`` (locals
 only) followed by the script, whose ``-- @common`` line is replaced by ``_common.lua`` (the
 shared helpers), so the fast path written above that line runs before any helper exists. A
 script without the marker (``track.lua``) is sent as it is. Each runs with ``EVALSHA`` and is
@@ -30,8 +31,16 @@ from threadlock.errors import BackendError
 
 _T = TypeVar("_T")
 LOCK_SCRIPTS = ("acquire", "release", "extend", "abandon", "inspect", "advance")
-SCRIPTS = (*LOCK_SCRIPTS, "track")
-_NUMKEYS = {n: str(n).encode() for n in range(1, 8)}
+INBOX_SCRIPTS = (
+    "inbox_post",
+    "inbox_take",
+    "inbox_finish",
+    "inbox_ack",
+    "inbox_nack",
+    "inbox_read",
+)
+SCRIPTS = (*LOCK_SCRIPTS, "track", *INBOX_SCRIPTS)
+_NUMKEYS = {n: str(n).encode() for n in range(1, 9)}
 #: At most this many commands of one ``for_each_bounded`` run at once.
 _CONCURRENCY = 32
 
@@ -39,11 +48,13 @@ _CONCURRENCY = 32
 def load_scripts() -> dict[str, str]:
     """Script texts: ``_head.lua`` + the script with ``-- @common`` replaced by the helpers.
 
-    A script without the ``-- @common`` marker is standalone (``track.lua``).
+    A script without the ``-- @common`` marker is standalone (``track.lua``). An inbox
+    script's ``-- @inbox`` line is replaced by ``_inbox.lua`` (the inbox helpers).
     """
     folder = importlib.resources.files("threadlock.backends.redis") / "lua"
     head = (folder / "_head.lua").read_text(encoding="utf-8")
     common = (folder / "_common.lua").read_text(encoding="utf-8")
+    inbox = (folder / "_inbox.lua").read_text(encoding="utf-8")
     texts = {}
     for name in SCRIPTS:
         body = (folder / f"{name}.lua").read_text(encoding="utf-8")
@@ -51,6 +62,7 @@ def load_scripts() -> dict[str, str]:
             texts[name] = head + "\n" + body.replace("\n-- @common\n", "\n" + common + "\n", 1)
         else:
             texts[name] = body
+        texts[name] = texts[name].replace("\n-- @inbox\n", "\n" + inbox + "\n", 1)
     return texts
 
 

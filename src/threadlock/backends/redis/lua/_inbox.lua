@@ -1,0 +1,54 @@
+-- threadlock inbox: shared helpers, inserted by scripts.py where a script says `-- @inbox`.
+-- The inbox keys of a lock share its hash slot ({<digest>}):
+--   pend  zset   message id -> arrival number (seq), the pending messages in arrival order
+--   msg   hash   message id -> "<posted µs> <failed attempts> <stored payload>"
+--   seen  zset   message id -> posted µs: the ids posted within entry_ttl (deduplication)
+--   seq   string the last arrival number
+--   dead  list   "<died µs> <attempts> <posted µs> <#id> <id><stored payload>", newest last
+-- Numbers above 1e14 are never concatenated with `..` (Lua 5.1 prints them as %.14g).
+
+local function inbox_fmt(n)
+  return string.format('%d', n)
+end
+
+local function inbox_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Whether the lease in `k_lease` is the one of `token` (its value starts with sha1(token)).
+local function inbox_mine(k_lease, token)
+  local value = redis.call('GET', k_lease)
+  return value and string.sub(value, 1, 40) == redis.sha1hex(token)
+end
+
+-- {pending count, newest posted µs, newest seq, now µs, id1, record1, seq1, ...}: the
+-- oldest `limit` pending messages.
+local function inbox_batch(k_pend, k_msg, limit, now)
+  local total = redis.call('ZCARD', k_pend)
+  local reply = {total, '0', '0', inbox_fmt(now)}
+  if total == 0 then
+    return reply
+  end
+  local newest = redis.call('ZRANGE', k_pend, -1, -1, 'WITHSCORES')
+  local record = redis.call('HGET', k_msg, newest[1])
+  reply[2] = record and string.match(record, '^(%d+) ') or '0'
+  reply[3] = newest[2]
+  local head = redis.call('ZRANGE', k_pend, 0, limit - 1, 'WITHSCORES')
+  for i = 1, #head, 2 do
+    local found = redis.call('HGET', k_msg, head[i])
+    if found then
+      reply[#reply + 1] = head[i]
+      reply[#reply + 1] = found
+      reply[#reply + 1] = head[i + 1]
+    end
+  end
+  return reply
+end
+
+-- Every inbox key that exists lives `ttl_ms` from now.
+local function inbox_keep(keys, ttl_ms)
+  for _, key in ipairs(keys) do
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+end

@@ -1,0 +1,23 @@
+"""The inbox: a durable per-key inbox that folds a burst of messages into one turn.
+
+``types`` (values and errors), ``store`` (the protocol a backend implements and its lookup),
+``memory`` and ``redis`` (the stores), ``api`` (:class:`Inbox`). Import from here.
+"""
+
+from threadlock.inbox.api import Inbox, Turns
+from threadlock.inbox.store import InboxStore, register_store, store_for
+from threadlock.inbox.types import STRATEGIES, Batch, DeadLetter, InboxFull, Message, Strategy
+
+__all__ = [
+    "STRATEGIES",
+    "Batch",
+    "DeadLetter",
+    "Inbox",
+    "InboxFull",
+    "InboxStore",
+    "Message",
+    "Strategy",
+    "Turns",
+    "register_store",
+    "store_for",
+]

@@ -1,0 +1,313 @@
+"""``Inbox``: fold a burst of messages to one key into as few turns as the strategy allows.
+
+The flow of one :meth:`Inbox.turns` call:
+
+1. the message is appended to the key's inbox in the backend (deduplicated by id there, and
+   refused with :class:`InboxFull` when the inbox is full);
+2. the call tries to own the key's turn without waiting (``lock.hold(key, timeout=0)``,
+   renewed in the background as every ``hold()``). If another worker owns it, the call
+   yields nothing: that owner's next batch includes the message;
+3. while it owns the key it yields :class:`Batch` objects, chosen by the strategy from the
+   pending messages. A batch is acknowledged (under the lease's fence) when the loop body
+   finishes normally; an exception from the body counts a failed attempt, and after
+   ``max_attempts`` the messages become dead letters;
+4. when nothing is pending it releases the lease in the same atomic step that found the
+   inbox empty (``InboxStore.finish``), so a message posted at that moment is either in the
+   last batch or its own ``turns()`` call finds the key free and becomes the owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import anyio
+
+from threadlock._validate import check_key, check_positive, check_ttl
+from threadlock.errors import LeaseLost, ThreadBusy
+from threadlock.inbox.store import InboxStore, StoredMessage, Taken, store_for
+from threadlock.inbox.types import (
+    STRATEGIES,
+    Batch,
+    DeadLetter,
+    Message,
+    Strategy,
+    decode_payload,
+    encode_payload,
+)
+
+if TYPE_CHECKING:
+    from threadlock._lease import Lease
+    from threadlock.protocol import ThreadLock
+
+__all__ = ["Inbox", "Turns"]
+
+#: Seconds an acknowledgement or failed-attempt count may take while the caller is being
+#: cancelled (it is shielded, so its outcome is known).
+_SHIELD_TIMEOUT = 5.0
+
+
+def _check_count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def _check_seconds(value: object, name: str) -> float:
+    """A finite number >= 0."""
+    if value == 0 and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return 0.0
+    return check_positive(value, name)
+
+
+def _message(record: StoredMessage) -> Message:
+    return Message(record.id, decode_payload(record.payload), record.posted_at)
+
+
+class Inbox:
+    """One inbox per key, stored in the backend of ``lock``.
+
+    Args:
+        lock: a backend with an inbox store (memory or Redis here; see
+            :func:`threadlock.inbox.store.store_for`).
+        max_pending: how many messages a key may have waiting; one more raises
+            :class:`InboxFull` and is not stored.
+        entry_ttl: seconds a message id is remembered for deduplication, and (on Redis) how
+            long a key's inbox records are kept after its last write.
+    """
+
+    def __init__(self, lock: ThreadLock, *, max_pending: int = 100, entry_ttl: float = 3600.0):
+        self._store: InboxStore = store_for(lock)
+        self._lock = lock
+        self._max_pending = _check_count(max_pending, "max_pending")
+        self._entry_ttl = check_positive(entry_ttl, "entry_ttl")
+
+    @property
+    def store(self) -> InboxStore:
+        """The backend's inbox store."""
+        return self._store
+
+    def turns(
+        self,
+        key: str,
+        message: object,
+        *,
+        id: str | None = None,
+        strategy: Strategy = "coalesce",
+        debounce: float = 1.5,
+        max_wait: float = 8.0,
+        max_batch: int = 20,
+        ttl: float = 30.0,
+        max_attempts: int = 3,
+    ) -> Turns:
+        """Post ``message`` to ``key``, then yield the batches this call owns (maybe none).
+
+        Every argument is checked here, before anything is stored. Use it as
+        ``async with inbox.turns(...) as turns: async for batch in turns: ...`` so that an
+        exception from the loop body reaches the inbox (it counts a failed attempt); a plain
+        ``async for`` works too, but then an exception counts no attempt.
+        """
+        key = check_key(key)
+        payload = encode_payload(message, "message")
+        message_id = uuid.uuid4().hex if id is None else check_key(id, "id")
+        if not isinstance(strategy, str):
+            raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        debounce_s = _check_seconds(debounce, "debounce")
+        max_wait_s = _check_seconds(max_wait, "max_wait")
+        if max_wait_s < debounce_s:
+            raise ValueError(f"max_wait must be >= debounce ({debounce_s}), got {max_wait!r}")
+        settings = _Settings(
+            key=key,
+            message_id=message_id,
+            payload=payload,
+            strategy=strategy,
+            debounce=debounce_s,
+            max_wait=max_wait_s,
+            max_batch=_check_count(max_batch, "max_batch"),
+            ttl=check_ttl(ttl),
+            max_attempts=_check_count(max_attempts, "max_attempts"),
+        )
+        return Turns(self._run(settings))
+
+    async def pending(self, key: str) -> list[Message]:
+        """The messages of ``key`` not acknowledged yet, in arrival order."""
+        return [_message(r) for r in await self._store.pending(check_key(key))]
+
+    async def dead_letters(self, key: str) -> list[DeadLetter]:
+        """The messages of ``key`` that failed ``max_attempts`` times, oldest first."""
+        dead = await self._store.dead_letters(check_key(key))
+        return [DeadLetter(_message(d.message), d.message.attempts, d.died_at) for d in dead]
+
+    # -- the owner's loop -------------------------------------------------------------------
+
+    async def _run(self, s: _Settings) -> AsyncGenerator[Batch, None]:
+        store = self._store
+        await store.append(
+            s.key, s.message_id, s.payload, max_pending=self._max_pending, entry_ttl=self._entry_ttl
+        )
+        hold = self._lock.hold(s.key, ttl=s.ttl, timeout=0)
+        try:
+            lease = await hold.__aenter__()
+        except ThreadBusy:  # another worker owns the key: its next batch has our message
+            return
+        limit = 1 if s.strategy == "queue" else s.max_batch
+        if s.strategy == "latest":
+            limit = max(self._max_pending, s.max_batch)
+        released = False
+        try:
+            taken: Taken | None = await store.take(lease, limit)
+            while taken is not None:
+                if s.strategy == "debounce":
+                    taken = await self._settle(lease, taken, s, limit)
+                if taken.messages:
+                    batch = self._batch(lease, taken, s)
+                    ids = [m.id for m in taken.messages]
+                    try:
+                        yield batch
+                    except Exception:
+                        await self._nack(lease, ids, s)
+                        raise
+                    await self._ack(lease, ids)
+                taken = await store.finish(lease, limit)
+            released = True
+        except BaseException as error:
+            await hold.__aexit__(type(error), error, error.__traceback__)
+            raise
+        try:
+            await hold.__aexit__(None, None, None)
+        except LeaseLost:
+            # The lease was released by finish(); a renewal that crossed it finds it gone.
+            if not released:
+                raise
+
+    def _batch(self, lease: Lease, taken: Taken, s: _Settings) -> Batch:
+        records = taken.messages
+        if s.strategy == "latest":
+            answered, skipped = records[-1:], records[:-1]
+        else:
+            answered, skipped = records, []
+        seen = taken.newest_seq
+        store, key = self._store, s.key
+
+        async def superseded() -> bool:
+            return await store.newest_seq(key) > seen
+
+        return Batch(
+            messages=[_message(r) for r in answered],
+            skipped=[_message(r) for r in skipped],
+            lease=lease,
+            attempt=1 + max(r.attempts for r in records),
+            _check=superseded,
+        )
+
+    async def _settle(self, lease: Lease, taken: Taken, s: _Settings, limit: int) -> Taken:
+        """Debounce: wait until no message arrived for ``debounce`` s, or ``max_wait`` s
+        passed since the oldest pending one, by the backend's clock. It sleeps until that
+        deadline (computed, not polled) and reads again, as a new message moves it."""
+        while taken.messages:
+            oldest = taken.messages[0].posted_at
+            deadline = min(taken.newest_posted + s.debounce, oldest + s.max_wait)
+            wait = deadline - taken.now
+            if wait <= 0:
+                break
+            await anyio.sleep(wait)
+            taken = await self._store.take(lease, limit)
+        return taken
+
+    async def _ack(self, lease: Lease, ids: Sequence[str]) -> None:
+        with anyio.move_on_after(_SHIELD_TIMEOUT, shield=True):
+            acked = await self._store.ack(lease, ids, entry_ttl=self._entry_ttl)
+        if not acked:
+            raise LeaseLost(lease.key, lease.fence, "the batch was not acknowledged")
+
+    async def _nack(self, lease: Lease, ids: Sequence[str], s: _Settings) -> None:
+        with anyio.move_on_after(_SHIELD_TIMEOUT, shield=True):
+            await self._store.nack(
+                lease, ids, max_attempts=s.max_attempts, entry_ttl=self._entry_ttl
+            )
+
+
+class _Settings:
+    __slots__ = (
+        "debounce",
+        "key",
+        "max_attempts",
+        "max_batch",
+        "max_wait",
+        "message_id",
+        "payload",
+        "strategy",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        message_id: str,
+        payload: str,
+        strategy: str,
+        debounce: float,
+        max_wait: float,
+        max_batch: int,
+        ttl: float,
+        max_attempts: int,
+    ) -> None:
+        self.key = key
+        self.message_id = message_id
+        self.payload = payload
+        self.strategy = strategy
+        self.debounce = debounce
+        self.max_wait = max_wait
+        self.max_batch = max_batch
+        self.ttl = ttl
+        self.max_attempts = max_attempts
+
+
+class Turns:
+    """The batches of one :meth:`Inbox.turns` call: an async iterator and an async context
+    manager. As a context manager it hands an exception from the loop body to the inbox
+    (a failed attempt) and closes the iteration in the task that ran it."""
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen: AsyncGenerator[Batch, None]) -> None:
+        self._gen = gen
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Batch:
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop: the current batch (if any) stays pending, and the lease is released."""
+        await self._gen.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, GeneratorExit):
+            await self._gen.aclose()
+            return
+        try:
+            await self._gen.athrow(exc)
+        except StopAsyncIteration:
+            return
+        except BaseException as outcome:
+            if outcome is exc:
+                return  # the body's own exception goes on as itself
+            raise
+        await self._gen.aclose()  # it yielded again: not expected, stop it

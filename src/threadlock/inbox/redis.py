@@ -56,7 +56,7 @@ class RedisInboxStore:
     def __init__(self, lock: RedisThreadLock) -> None:
         if not isinstance(lock, RedisThreadLock):
             raise TypeError(f"lock must be a RedisThreadLock, not {type(lock).__name__}")
-        self._commands = RedisCommands(lock.client)
+        self._commands = RedisCommands(lock.client, lock.command_timeout)
         self._key_names = NameCache(lock.prefix)
         self._pub = b"s" if lock.sharded_pubsub else b"p"
         self._cache: dict[str, _Names] = {}

@@ -171,6 +171,11 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         return self._sharded
 
     @property
+    def command_timeout(self) -> float:
+        """Seconds a shielded round trip may take when its caller has no earlier deadline."""
+        return self._commands.command_timeout
+
+    @property
     def registry_ttl(self) -> float:
         """Seconds a lock's run registry is kept after its last ``track_run``."""
         return self._registry_ttl_ms / 1000

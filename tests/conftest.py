@@ -7,6 +7,7 @@ or the Postgres binaries are missing the tests that need them skip with the reas
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,14 @@ from tests._servers.redis_server import RedisServer
 from threadlock.backends.postgres import PostgresThreadLock
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage as each test ends, so a ResourceWarning (an unclosed connection, any
+    warning is an error here) is reported by the test that leaked it, not by a later one."""
+    yield
+    gc.collect()
 
 
 # -- Redis ------------------------------------------------------------------------------------

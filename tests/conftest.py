@@ -23,12 +23,15 @@ from threadlock.backends.postgres import PostgresThreadLock
 pytest_plugins = ["pytester"]
 
 
-@pytest.fixture(autouse=True)
-def _collect_garbage_after_each_test() -> Iterator[None]:
-    """Collect garbage as each test ends, so a ResourceWarning (an unclosed connection, any
-    warning is an error here) is reported by the test that leaked it, not by a later one."""
-    yield
-    gc.collect()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Collect garbage once a test's fixtures (module- and session-scoped ones included) are
+    torn down, so a ResourceWarning (an unclosed connection; any warning is an error here) is
+    reported by the test that leaked it, not by whichever test the collector runs in later."""
+    try:
+        return (yield)
+    finally:
+        gc.collect()
 
 
 # -- Redis ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from threadlock.sync import SyncThreadLock
 from threadlock.testing import FakeOpenAI
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -54,3 +55,27 @@ def in_threads(post: Any, users: int, messages: int) -> list[tuple[int, dict[str
         thread.join(60)
     assert len(answers) == users * messages
     return answers
+
+
+def check_threaded_server_burst(app: Any, lock: SyncThreadLock, fake: FakeOpenAI) -> None:
+    """Serve the WSGI ``app`` by a real threaded server and post a burst to its ``/webhook``
+    from threads: every turn answered, none locked, ``/locks`` and the lock empty after."""
+    import httpx
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+
+        def post(user: str, text: str) -> tuple[int, dict[str, Any]]:
+            answer = httpx.post(f"{base}/webhook", json={"user_id": user, "text": text}, timeout=60)
+            return answer.status_code, answer.json()
+
+        check_burst(in_threads(post, users=2, messages=5), fake, users=2)
+        assert httpx.get(f"{base}/locks").json() == []
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert lock.held() == []

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-from tests.sync._helpers import check_burst, in_threads, load_example
-from werkzeug.serving import make_server
+from tests.sync._helpers import (
+    check_burst,
+    check_threaded_server_burst,
+    in_threads,
+    load_example,
+)
 
 import threadlock.sync
 from threadlock.sync import SyncThreadLock
@@ -39,22 +41,7 @@ def test_test_client_burst_from_threads_gets_no_conversation_locked(webhook: Any
 
 def test_threaded_server_burst_gets_no_conversation_locked(webhook: Any) -> None:
     app, lock, fake = webhook
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    try:
-
-        def post(user: str, text: str) -> tuple[int, dict[str, Any]]:
-            answer = httpx.post(f"{base}/webhook", json={"user_id": user, "text": text}, timeout=60)
-            return answer.status_code, answer.json()
-
-        check_burst(in_threads(post, users=2, messages=5), fake, users=2)
-        assert httpx.get(f"{base}/locks").json() == []
-    finally:
-        server.shutdown()
-        thread.join(10)
-    assert lock.held() == []
+    check_threaded_server_burst(app, lock, fake)
 
 
 def test_busy_conversation_is_429_with_retry_after(

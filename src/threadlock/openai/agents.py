@@ -8,6 +8,9 @@ never load ``agents``. Importing it without the extra raises :class:`ImportError
   :func:`~threadlock.openai.guard_conversation` turn: with ``conversation_id=`` the guarded
   conversation, or on a ``previous_response_id`` chain (the head is read under the lease and
   moved to ``result.last_response_id`` with a compare-and-set).
+- :func:`run_agent_streamed` (also ``turn.run_agent_streamed``) does the same for
+  ``Runner.run_streamed``: its events are read inside the turn, and a block that exits first
+  cancels the run before the lease is released (:class:`AgentStream`).
 - :class:`LockedSession` wraps any agents ``Session``: its reads and writes happen under the
   lease of its key. :class:`LockedOpenAIConversationsSession` is an
   ``OpenAIConversationsSession`` whose key is its conversation, safe across processes.
@@ -24,6 +27,7 @@ hidden retries, so the two never stack.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import dataclasses
@@ -51,20 +55,24 @@ from threadlock.observe import backend_kind, observer_of
 from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.guard import ConversationTurn
 from threadlock.openai.runs import Backoff, is_conversation_locked, sleep_within
+from threadlock.openai.streaming import _CLOSE_TIMEOUT
 from threadlock.protocol import ThreadLock
 
 if TYPE_CHECKING:
     from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
-    from agents.result import RunResult
+    from agents.result import RunResult, RunResultStreaming
+    from agents.stream_events import StreamEvent
 
 __all__ = [
     "NO_SDK_RETRIES",
+    "AgentStream",
     "LockedModel",
     "LockedModelProvider",
     "LockedOpenAIConversationsSession",
     "LockedSession",
     "locked_run_config",
     "run_agent",
+    "run_agent_streamed",
     "run_session",
 ]
 
@@ -282,6 +290,67 @@ def _no_supplied(kwargs: dict[str, Any], names: tuple[str, ...]) -> None:
             raise ValueError(f"{name} is supplied by the guard; do not pass it")
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one agent run inside a turn needs around the SDK call: the wrapped run config's
+    open flag, the client the guard made (closed when the run ends), and the chain head read
+    under the lease (moved afterwards)."""
+
+    turn: ConversationTurn
+    client: openai.AsyncOpenAI | None
+    owned: bool
+    head: str | None
+    done: bool = False
+
+    @classmethod
+    async def start(
+        cls, turn: ConversationTurn, agent: agents.Agent[Any], kwargs: dict[str, Any]
+    ) -> _Run:
+        """Check the arguments and fill ``kwargs`` for ``Runner.run`` / ``run_streamed``."""
+        if not isinstance(turn, ConversationTurn):
+            raise TypeError(f"turn must be a ConversationTurn, not {type(turn).__name__}")
+        _no_supplied(
+            kwargs, ("conversation_id", "previous_response_id", "auto_previous_response_id")
+        )
+        client, owned = _async_client(turn._client)
+        run = cls(turn, client, owned, None)
+        kwargs["run_config"] = locked_run_config(
+            kwargs.get("run_config"),
+            agent=agent,
+            client=client,
+            budget=_Budget(turn._lock, turn.key, turn._timeout),
+            is_open=lambda: not run.done,
+        )
+        if turn.chain is not None:
+            run.head = await turn._lock.chain_head(turn.chain)  # type: ignore[attr-defined]
+            kwargs["previous_response_id"] = run.head
+        elif turn.conversation_id is not None:
+            kwargs["conversation_id"] = turn.conversation_id
+        return run
+
+    async def end(self) -> None:
+        """No model call from now on; close the client the guard made (shielded)."""
+        if self.done:
+            return
+        self.done = True
+        if self.owned:
+            assert self.client is not None
+            with anyio.CancelScope(shield=True):
+                await self.client.close()
+
+    async def advance(self, new_head: str | None) -> None:
+        """On a chain: move the head to the run's last response (compare-and-set)."""
+        turn = self.turn
+        if turn.chain is None or new_head is None or new_head == self.head:
+            return
+        lock: Any = turn._lock
+        lease = turn.lease
+        if not await lock.advance_chain(lease, self.head, new_head):
+            detail = "the chain head moved under the lease"
+            observer_of(lock).lost(backend_kind(lock), turn.key, lease.fence, detail)
+            raise LeaseLost(turn.key, lease.fence, detail)
+
+
 async def run_agent(
     turn: ConversationTurn,
     agent: agents.Agent[Any],
@@ -297,45 +366,97 @@ async def run_agent(
     ``Runner.run``; ``run_config`` is kept, with its models wrapped and the SDK's retries off
     (see the module doc).
     """
-    if not isinstance(turn, ConversationTurn):
-        raise TypeError(f"turn must be a ConversationTurn, not {type(turn).__name__}")
-    _no_supplied(kwargs, ("conversation_id", "previous_response_id", "auto_previous_response_id"))
-    lock: ThreadLock = turn._lock
-    budget = _Budget(lock, turn.key, turn._timeout)
-    done = False
-    client, owned = _async_client(turn._client)
-    kwargs["run_config"] = locked_run_config(
-        kwargs.get("run_config"),
-        agent=agent,
-        client=client,
-        budget=budget,
-        is_open=lambda: not done,
-    )
-    head: str | None = None
-    chains: Any = None
-    if turn.chain is not None:
-        chains = lock
-        head = await chains.chain_head(turn.chain)
-        kwargs["previous_response_id"] = head
-    elif turn.conversation_id is not None:
-        kwargs["conversation_id"] = turn.conversation_id
+    run = await _Run.start(turn, agent, kwargs)
     try:
-        with _holding(lock, turn.key):
+        with _holding(turn._lock, turn.key):
             result: RunResult = await agents.Runner.run(agent, input, **kwargs)
     finally:
-        done = True
-        if owned:
-            assert client is not None
-            with anyio.CancelScope(shield=True):
-                await client.close()
-    new_head = result.last_response_id
-    if chains is not None and new_head is not None and new_head != head:
-        lease = turn.lease
-        if not await chains.advance_chain(lease, head, new_head):
-            detail = "the chain head moved under the lease"
-            observer_of(lock).lost(backend_kind(lock), turn.key, lease.fence, detail)
-            raise LeaseLost(turn.key, lease.fence, detail)
+        await run.end()
+    await run.advance(result.last_response_id)
     return result
+
+
+class AgentStream:
+    """What ``turn.run_agent_streamed(...)`` returns: the SDK's ``RunResultStreaming``, read
+    inside its turn.
+
+    :meth:`stream_events` passes the SDK's events through while the turn is open (afterwards
+    it raises :class:`~threadlock.openai.streaming.StreamOutsideTurn`). When the events end,
+    the run is over: a chain head moves to the run's last response. If the turn's block exits
+    first (an exception, a client that went away), the guard cancels the run and waits for its
+    task to stop, shielded and bounded, before it releases the lease, so no model call of the
+    run outlives the lease. Other attributes (``final_output``, ``new_items``,
+    ``last_response_id``, ...) are the SDK result's; :attr:`result` is the result itself.
+    """
+
+    def __init__(self, result: RunResultStreaming, run: _Run) -> None:
+        self._result = result
+        self._run = run
+        self._streams = run.turn._streams
+        self._closed = False
+        self._streams.add(self)
+
+    @property
+    def result(self) -> RunResultStreaming:
+        """The SDK's own streamed result (read its events through :meth:`stream_events`)."""
+        return self._result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result, name)
+
+    async def stream_events(self) -> AsyncIterator[StreamEvent]:
+        """The run's events, as ``RunResultStreaming.stream_events()`` gives them."""
+        self._streams.check_open()
+        async for event in self._result.stream_events():
+            self._streams.check_open()
+            yield event
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """The events ended: the run is over; move the chain head."""
+        if self._closed:
+            return
+        await self.aclose()
+        if not self._result.is_complete or self._result._stored_exception is not None:
+            return
+        await self._run.advance(self._result.last_response_id)
+
+    async def aclose(self) -> None:
+        """Stop the run if it is still going, and wait for its task (shielded, bounded)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._streams.discard(self)
+        task = self._result.run_loop_task
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _CLOSE_TIMEOUT
+            if task is not None and not task.done():
+                self._result.cancel()
+                await asyncio.wait([task])
+            await self._run.end()
+
+
+async def run_agent_streamed(
+    turn: ConversationTurn,
+    agent: agents.Agent[Any],
+    input: str | list[TResponseInputItem],
+    **kwargs: Any,
+) -> AgentStream:
+    """``agents.Runner.run_streamed(agent, input, ...)`` inside ``turn`` (also
+    ``turn.run_agent_streamed``); read it with ``async for event in run.stream_events()``
+    inside the block.
+
+    The same arguments and guarantees as :func:`run_agent`; the lease is held until the events
+    end or the block exits, whichever comes first (see :class:`AgentStream`).
+    """
+    run = await _Run.start(turn, agent, kwargs)
+    try:
+        with _holding(turn._lock, turn.key):  # the run's task inherits this context
+            result = agents.Runner.run_streamed(agent, input, **kwargs)
+    except BaseException:
+        await run.end()
+        raise
+    return AgentStream(result, run)
 
 
 # -- Sessions ------------------------------------------------------------------------------

@@ -463,6 +463,17 @@ class ConversationTurn(_Turn):
 
         return await run_agent(self, agent, input, **kwargs)
 
+    async def run_agent_streamed(self, agent: Any, input: Any, **kwargs: Any) -> Any:
+        """``agents.Runner.run_streamed(agent, input, ...)`` inside this turn (the ``agents``
+        extra); read ``async for event in run.stream_events()`` inside the block.
+
+        See :func:`threadlock.openai.agents.run_agent_streamed`: the lease is held until the
+        events end, and a block that exits first cancels the run before the release.
+        """
+        from threadlock.openai.agents import run_agent_streamed
+
+        return await run_agent_streamed(self, agent, input, **kwargs)
+
 
 class ConversationGuard(_Guard[ConversationTurn]):
     """The async context manager returned by :func:`guard_conversation`."""

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import anyio
 
-__all__ = ["GuardedStream", "GuardedStreamManager", "StreamOutsideTurn", "TurnStreams"]
+__all__ = [
+    "GuardedStream",
+    "GuardedStreamManager",
+    "StreamOutsideTurn",
+    "TurnStream",
+    "TurnStreams",
+]
 
 EventT = TypeVar("EventT")
 
@@ -38,19 +44,34 @@ class StreamOutsideTurn(RuntimeError):
     """
 
 
+class TurnStream(Protocol):
+    """What a turn can own and close when it ends: a stream, or a streamed agent run."""
+
+    async def aclose(self) -> None: ...
+
+
 class TurnStreams:
     """The streams one turn opened; the guard closes what is left when the turn ends."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.open = True
-        self._streams: set[GuardedStream[Any]] = set()
+        self._streams: set[TurnStream] = set()
 
-    def add(self, stream: GuardedStream[Any]) -> None:
+    def add(self, stream: TurnStream) -> None:
         self._streams.add(stream)
 
-    def discard(self, stream: GuardedStream[Any]) -> None:
+    def discard(self, stream: TurnStream) -> None:
         self._streams.discard(stream)
+
+    def check_open(self) -> None:
+        """Raise :class:`StreamOutsideTurn` once the turn has ended."""
+        if not self.open:
+            raise StreamOutsideTurn(
+                f"this stream belongs to a turn on {self.key!r} that has ended: its guard "
+                "block exited and released the lease, so the stream was closed. Read the "
+                "stream inside the `async with` block that opened it."
+            )
 
     async def close_all(self) -> None:
         """End the turn: close every stream still open (shielded, bounded)."""
@@ -90,12 +111,7 @@ class GuardedStream(Generic[EventT]):
         return self._closed
 
     def _check_open(self) -> None:
-        if not self._streams.open:
-            raise StreamOutsideTurn(
-                f"this stream belongs to a turn on {self._streams.key!r} that has ended: its "
-                "guard block exited and released the lease, so the stream was closed. Read "
-                "the stream inside the `async with` block that opened it."
-            )
+        self._streams.check_open()
 
     def __aiter__(self) -> Self:
         return self

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -72,12 +73,19 @@ def new_pubsub(client: aioredis.Redis | RedisCluster, channel: str) -> PubSub:
     return client.pubsub()
 
 
+#: The parent's connections in a forked child: kept alive, never closed nor collected here.
+#: Closing one would unregister its socket from the parent's epoll instance, which parent and
+#: child share, and the parent would stop reading that socket.
+_INHERITED: list[list[Any]] = []
+
+
 def forget_connections(client: aioredis.Redis | RedisCluster) -> None:
     """In a forked child: drop the parent's pooled connections without closing them (their
     sockets are the parent's, and so is the event loop they belong to); the child connects
     anew on first use."""
     if isinstance(client, RedisCluster):
         for node in client.get_nodes():
+            _INHERITED.append(list(getattr(node, "_connections", [])))
             free = getattr(node, "_free", None)
             if free is not None:
                 free.clear()
@@ -85,5 +93,6 @@ def forget_connections(client: aioredis.Redis | RedisCluster) -> None:
                 node._connections = []
         return
     pool = client.connection_pool
+    _INHERITED.append([*pool._available_connections, *pool._in_use_connections])
     pool.reset()  # type: ignore[no-untyped-call]
     pool._lock = asyncio.Lock()  # a parent's waiter may have bound it to the parent's loop

@@ -1,10 +1,12 @@
 """The Lua scripts and the one path every round trip to Redis takes.
 
-The scripts are the package's ``lua/*.lua`` files. A lock script is ``_head.lua`` (locals
-only) followed by the script, whose ``-- @common`` line is replaced by ``_common.lua`` (the
-shared helpers), so the fast path written above that line runs before any helper exists. A
-script without the marker (``track.lua``) is sent as it is. Each runs with ``EVALSHA`` and is
-loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover).
+The scripts are the package's ``lua/*.lua`` files, one per operation. The two fast paths
+(``acquire_fast.lua``, ``release_fast.lua``) and ``track.lua`` stand alone. Each full lock
+script (acquire, release, extend, abandon, inspect, advance) is sent as ``_lib.lua`` (the key
+layout, the server clock and the shared helpers) followed by its own file: still one script
+per operation, loaded once. Redis 7 functions would share the helpers without repeating
+them, but the backend supports Redis 6.2, which has no ``FUNCTION``. Each script runs with
+``EVALSHA`` and is loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover).
 
 Every redis-py error and :class:`OSError` comes out of :class:`RedisCommands` as
 :class:`~threadlock.errors.BackendError`, chained.
@@ -28,27 +30,21 @@ from threadlock.errors import BackendError
 
 _T = TypeVar("_T")
 LOCK_SCRIPTS = ("acquire", "release", "extend", "abandon", "inspect", "advance")
-SCRIPTS = (*LOCK_SCRIPTS, "track")
+STANDALONE_SCRIPTS = ("acquire_fast", "release_fast", "track")
+SCRIPTS = (*LOCK_SCRIPTS, *STANDALONE_SCRIPTS)
 _NUMKEYS = {n: str(n).encode() for n in range(1, 8)}
 #: At most this many commands of one ``for_each_bounded`` run at once.
 _CONCURRENCY = 32
 
 
 def load_scripts() -> dict[str, str]:
-    """Script texts: ``_head.lua`` + the script with ``-- @common`` replaced by the helpers.
-
-    A script without the ``-- @common`` marker is standalone (``track.lua``).
-    """
+    """Script texts: ``_lib.lua`` + the script for a full lock script, else the file alone."""
     folder = importlib.resources.files("threadlock.backends.redis") / "lua"
-    head = (folder / "_head.lua").read_text(encoding="utf-8")
-    common = (folder / "_common.lua").read_text(encoding="utf-8")
+    lib = (folder / "_lib.lua").read_text(encoding="utf-8")
     texts = {}
     for name in SCRIPTS:
         body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-        if "\n-- @common\n" in body:
-            texts[name] = head + "\n" + body.replace("\n-- @common\n", "\n" + common + "\n", 1)
-        else:
-            texts[name] = body
+        texts[name] = lib + "\n" + body if name in LOCK_SCRIPTS else body
     return texts
 
 

@@ -477,11 +477,17 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         return self._info(reply, key)
 
     async def _held(self) -> list[LockInfo]:
+        names = await self._commands.scan(scan_pattern(self._prefix, "*"))
+        leases = [name for name in names if name.endswith(":lease")]
+        # A lease key outlives its lease by an hour; one holding the free-key marker is
+        # skipped without a script.
+        values = await self._commands.get_many(leases)
         tags = {
             name.rpartition(":")[0]
-            for name in await self._commands.scan(scan_pattern(self._prefix, "*"))
-            if name.endswith((":lease", ":queue"))
+            for name, value in zip(leases, values, strict=True)
+            if value is not None and not text(value).startswith("F ")
         }
+        tags.update(name.rpartition(":")[0] for name in names if name.endswith(":queue"))
         infos: list[LockInfo] = []
 
         async def one(base: str) -> None:

@@ -35,6 +35,8 @@ SCRIPTS = (*LOCK_SCRIPTS, *STANDALONE_SCRIPTS)
 _NUMKEYS = {n: str(n).encode() for n in range(1, 8)}
 #: At most this many commands of one ``for_each_bounded`` run at once.
 _CONCURRENCY = 32
+#: ``GET`` commands per pipeline of ``get_many``.
+_GET_BATCH = 1000
 
 
 def load_scripts() -> dict[str, str]:
@@ -105,6 +107,21 @@ class RedisCommands:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
         return result
+
+    async def get_many(self, names: Sequence[str]) -> list[Any]:
+        """``GET`` of every name, pipelined in batches (on Cluster, per node)."""
+        values: list[Any] = []
+        for start in range(0, len(names), _GET_BATCH):
+            batch = names[start : start + _GET_BATCH]
+
+            async def get(batch: Sequence[str] = batch) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for name in batch:
+                    pipe.get(name)
+                return await pipe.execute()
+
+            values.extend(await self.command(get))
+        return values
 
     async def scan(self, pattern: str) -> list[str]:
         """Every key name matching ``pattern`` (on every master of a Cluster)."""

@@ -137,7 +137,7 @@ async def test_the_last_fence_is_the_floor_of_the_next_one(
     # exceeded, whether the key was released (marker) or its lease ended unreleased.
     lock = redis_lock
     first = await lock.acquire(f"floor-{left}", ttl=0.2)
-    name = lock._names(f"floor-{left}").lease[0]
+    name = lock._names(f"floor-{left}").lock[0]
     ahead = first.fence + 10**12  # about 11 days ahead of the clock
     value = await lock.client.get(name)
     if left == "released":

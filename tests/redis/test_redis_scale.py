@@ -30,13 +30,14 @@ async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_markers(
         tokens = [secrets.token_hex(16) for _ in names]
         pipe = client.pipeline(transaction=False)
         for n, (name, token) in enumerate(zip(names, tokens, strict=True)):
-            fast_keys, _ = lock._names(name).acquire_keys(f"scale{start + n:x}")
-            await scripts["acquire_fast"](fast_keys, [token, 30_000, owner, name], client=pipe)
+            keys = lock._names(name).acquire_keys(f"scale{start + n:x}")
+            args = ["pt", token, 30_000, owner, name, 5_000]
+            await scripts["acquire"](keys, args, client=pipe)
         replies = await pipe.execute()
         assert all(reply[0] == 1 for reply in replies)
         pipe = client.pipeline(transaction=False)
         for name, token in zip(names, tokens, strict=True):
-            await scripts["release_fast"](lock._names(name).lease, [token], client=pipe)
+            await scripts["release"](lock._keys(name), ["p", token], client=pipe)
         assert all(reply == 1 for reply in await pipe.execute())
 
     # ... and the last thousand through the public API, with waiters and hand-offs.

@@ -51,15 +51,13 @@ class KeyNames:
     2 queue, 3 beat, 4 meta, 5 runs, 6 chain, 7 an acquire's tombstone.
     """
 
-    __slots__ = ("base", "chain", "channel", "full", "key", "lease", "lock", "runs", "with_runs")
+    __slots__ = ("base", "chain", "channel", "full", "key", "lock", "runs", "with_runs")
 
     def __init__(self, base: str, key: str = "") -> None:
         self.base = base
         parts = ("lease", "queue", "beat", "meta")
         #: KEYS 1-4 (release, extend): lease, queue, beat, meta
         self.lock = [f"{base}:{part}".encode() for part in parts]
-        #: KEYS 1 of release_fast
-        self.lease = self.lock[:1]
         self.runs = f"{base}:runs"
         self.with_runs = [*self.lock, self.runs.encode()]  # KEYS 1-5 (inspect)
         self.chain = f"{base}:chain"
@@ -67,12 +65,10 @@ class KeyNames:
         self.channel = f"{base}:wake"
         self.key = key.encode()
 
-    def acquire_keys(self, attempt: str) -> tuple[list[bytes], list[bytes]]:
-        """The KEYS of one acquire: for ``acquire_fast`` (the lease and the tombstone) and
-        for ``acquire`` and ``abandon`` (KEYS 1-7, the tombstone last); ``attempt`` names
-        the acquire uniquely (it need not be secret)."""
-        gone = f"{self.base}:gone:{attempt}".encode()
-        return [self.lock[0], gone], [*self.full, gone]
+    def acquire_keys(self, attempt: str) -> list[bytes]:
+        """KEYS 1-7 of one acquire (for ``acquire`` and ``abandon``), the tombstone last;
+        ``attempt`` names the acquire uniquely (it need not be secret)."""
+        return [*self.full, f"{self.base}:gone:{attempt}".encode()]
 
 
 class NameCache:

@@ -1,9 +1,8 @@
 """:class:`RedisThreadLock`: acquire, wait, release, extend and inspect on Redis.
 
-Every operation is one script (see ``lua/``). An acquire or release first tries its fast
-script, which does the uncontended case alone and answers 0 for anything else, and then the
-full one; a contended acquire then waits for a notification (:mod:`.wakeup`) and makes one
-more attempt that claims the key. Acquire and release run unshielded, made safe by the
+Every operation is one script (see ``lua/``; acquire and release start with their fast path)
+except a contended acquire, which waits for a notification (:mod:`.wakeup`) and then makes
+one more attempt that claims the key. Acquire and release run unshielded, made safe by the
 acquire's tombstone and a shielded retry of a cancelled release; every other round trip is
 shielded.
 """
@@ -279,9 +278,8 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         names = self._names(key)
         token = self._token()
         self._attempts += 1
-        fast_keys, keys = names.acquire_keys(f"{self._instance}{self._attempts:x}")
+        keys = names.acquire_keys(f"{self._instance}{self._attempts:x}")
         # ARGV 2-7 of acquire.lua; ARGV 1 (pub letter + mode letter) is set per attempt.
-        # acquire_fast.lua takes the first four.
         argv = (
             token,
             ttl_ms(ttl),
@@ -302,10 +300,8 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         started = time.monotonic()
         await self._await_local_turn(key)
         try:
-            reply = await self._commands.script_unshielded("acquire_fast", fast_keys, *argv[:4])
-            if reply == 0:  # not free, or anything unusual: the full script decides
-                mode = self._modes["try" if timeout == 0 else "wait"]
-                reply = await self._commands.script_unshielded("acquire", keys, mode, *argv)
+            mode = self._modes["try" if timeout == 0 else "wait"]
+            reply = await self._commands.script_unshielded("acquire", keys, mode, *argv)
         except BaseException:
             # Also on a BackendError: a reset or timeout after the script ran would leave a
             # lease nobody holds, or a queue entry that becomes an unclaimed hand-off.
@@ -424,9 +420,6 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         names = self._names(lease.key)
         keys = names.lock
         try:
-            reply = await self._commands.script_unshielded("release_fast", names.lease, lease.token)
-            if reply == 1:  # the uncontended path ends here: one round trip
-                return True
             reply = await self._commands.script_unshielded("release", keys, self._pub, lease.token)
         except BackendError:
             raise

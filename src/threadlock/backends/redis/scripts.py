@@ -1,12 +1,15 @@
 """The Lua scripts and the one path every round trip to Redis takes.
 
-The scripts are the package's ``lua/*.lua`` files, one per operation. The two fast paths
-(``acquire_fast.lua``, ``release_fast.lua``) and ``track.lua`` stand alone. Each full lock
-script (acquire, release, extend, abandon, inspect, advance) is sent as ``_lib.lua`` (the key
-layout, the server clock and the shared helpers) followed by its own file: still one script
-per operation, loaded once. Redis 7 functions would share the helpers without repeating
-them, but the backend supports Redis 6.2, which has no ``FUNCTION``. Each script runs with
-``EVALSHA`` and is loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover).
+The scripts are the package's ``lua/*.lua`` files. Each full lock script (acquire, release,
+extend, abandon, inspect, advance) is sent as ``_lib.lua`` (the key layout, the server clock
+and the shared helpers) followed by its own file; ``acquire`` and ``release`` first run their
+fast path, ``acquire_fast.lua`` / ``release_fast.lua``, wrapped as a function ahead of
+``_lib.lua``, so the uncontended case costs only the calls it makes and none of the helpers,
+and anything else goes on in the same script, in the same round trip. ``track.lua`` stands
+alone. One script per operation, loaded once. Redis 7 functions would share the helpers
+without repeating them, but the backend supports Redis 6.2, which has no ``FUNCTION``. Each
+script runs with ``EVALSHA`` and is loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a
+restart, a failover).
 
 Every redis-py error and :class:`OSError` comes out of :class:`RedisCommands` as
 :class:`~threadlock.errors.BackendError`, chained.
@@ -30,8 +33,9 @@ from threadlock.errors import BackendError
 
 _T = TypeVar("_T")
 LOCK_SCRIPTS = ("acquire", "release", "extend", "abandon", "inspect", "advance")
-STANDALONE_SCRIPTS = ("acquire_fast", "release_fast", "track")
-SCRIPTS = (*LOCK_SCRIPTS, *STANDALONE_SCRIPTS)
+SCRIPTS = (*LOCK_SCRIPTS, "track")
+#: script -> its fast path (a prologue that answers 0 to go on with the script)
+FAST_PATHS = {"acquire": "acquire_fast", "release": "release_fast"}
 _NUMKEYS = {n: str(n).encode() for n in range(1, 8)}
 #: At most this many commands of one ``for_each_bounded`` run at once.
 _CONCURRENCY = 32
@@ -40,13 +44,29 @@ _GET_BATCH = 1000
 
 
 def load_scripts() -> dict[str, str]:
-    """Script texts: ``_lib.lua`` + the script for a full lock script, else the file alone."""
+    """Script texts: [fast path as a function, run first] + ``_lib.lua`` + the script for a
+    full lock script; ``track.lua`` alone."""
     folder = importlib.resources.files("threadlock.backends.redis") / "lua"
-    lib = (folder / "_lib.lua").read_text(encoding="utf-8")
+
+    def read(name: str) -> str:
+        return (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+    lib = read("_lib")
     texts = {}
     for name in SCRIPTS:
-        body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-        texts[name] = lib + "\n" + body if name in LOCK_SCRIPTS else body
+        body = read(name)
+        if name not in LOCK_SCRIPTS:
+            texts[name] = body
+            continue
+        text = lib + "\n" + body
+        fast = FAST_PATHS.get(name)
+        if fast is not None:
+            text = (
+                f"local function {fast}()\n{read(fast)}\nend\n"
+                f"do\n  local done = {fast}()\n  if done ~= 0 then\n    return done\n  end\nend\n"
+                + text
+            )
+        texts[name] = text
     return texts
 
 

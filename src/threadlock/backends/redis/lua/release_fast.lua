@@ -1,10 +1,12 @@
--- release_fast: the uncontended release, tried first. KEYS 1 the lease key. ARGV 1 token.
--- Standalone (none of _lib.lua). Releases the caller's live, claimed lease with nobody
--- queued behind it (w flag '0') by writing the free-key marker "F <fence>" for an hour (the
--- floor of the next fence; a marker means nobody is queued). Three calls: GET, TIME, SET.
--- Returns 1 if released, 0: "ask release.lua" (not ours, ended, someone may be queued).
+-- release_fast: the uncontended release, the prologue of release.lua (scripts.py runs this
+-- file as a function before _lib.lua, so it costs none of the helpers). KEYS and ARGV are
+-- those of release.lua; it uses KEYS 1 (lease) and ARGV 2 (token). It releases the caller's
+-- live, claimed lease with nobody queued behind it (w flag '0') by writing the free-key
+-- marker "F <fence>" for an hour (the floor of the next fence; a marker means nobody is
+-- queued). Three calls: GET, TIME, SET.
+-- Returns 1 if released, 0: "go on with release.lua" (not ours, ended, someone may be queued).
 local value = redis.call('GET', KEYS[1])
-if not value or string.sub(value, 1, 40) ~= redis.sha1hex(ARGV[1]) then
+if not value or string.sub(value, 1, 40) ~= redis.sha1hex(ARGV[2]) then
   return 0
 end
 local f, e = string.match(value, '^%x+ 0 (%d+) %d+ (%d+) 0 ')

@@ -891,18 +891,36 @@ def _snapshot(dest: Path) -> str:
     return f"{commit}:{digest.hexdigest()[:12]}"
 
 
+def _lease_end_us(fields: list[bytes]) -> int:
+    """When a Redis lease value ("<t> <w> <fence> <acquired> <expires> <claim by> ...") ends."""
+    expires, claim_by = int(fields[4]), int(fields[5])
+    return min(expires, claim_by) if claim_by > 0 else expires
+
+
 async def _leftovers(config: ChaosConfig, url: str, namespace: str) -> tuple[int, int]:
     lock = _build_lock(config, url, namespace)
     async with lock:
         held = await lock.held()
         leftover = 0
         if config.backend == "redis":
-            # A free key keeps only TTL-bounded keys (its fence, tombstones of abandoned
-            # acquires); its lease and queue keys must be gone, and nothing may lack a TTL.
+            # A free key keeps only TTL-bounded keys (its lease key as a free-key marker
+            # "F <fence>" or an ended lease, tombstones of abandoned acquires); its queue
+            # keys must be gone, and nothing may lack a TTL.
+            seconds, micros = await lock.client.time()
+            now_us = int(seconds) * 1_000_000 + int(micros)
             async for name in lock.client.scan_iter(match=f"{namespace}:*", count=1000):
                 text = name.decode() if isinstance(name, bytes) else str(name)
-                lock_part = text.rpartition(":")[2] in ("lease", "queue", "beat", "meta")
-                if lock_part or await lock.client.pttl(name) < 0:
+                part = text.rpartition(":")[2]
+                if part == "lease":
+                    value = await lock.client.get(name) or b"F "
+                    fields = value.split(b" ", 6)
+                    ended = value.startswith(b"F ") or (
+                        len(fields) > 5 and _lease_end_us(fields) <= now_us
+                    )
+                    if not ended:
+                        leftover += 1
+                        continue
+                if part in ("queue", "beat", "meta") or await lock.client.pttl(name) < 0:
                     leftover += 1
         return len(held), leftover
 

@@ -17,7 +17,7 @@ from threadlock.errors import BackendError, LeaseLost, ThreadBusy
 
 pytestmark = pytest.mark.anyio
 
-KEY_SHAPE = re.compile(r"^(?P<prefix>.+):\{[0-9a-f]{32}\}:(lease|fence|queue|beat|meta)$")
+KEY_SHAPE = re.compile(r"^(?P<prefix>.+):\{[0-9a-f]{32}\}:(lease|queue|beat|meta)$")
 ODD_KEYS = ["'; DROP TABLE x; --", "*", "?", "[a-z]", "{a}b}", "}{", "{}", "käse 🧀", "a\\b", "%d"]
 
 
@@ -40,13 +40,13 @@ async def wait_for_waiters(lock: RedisThreadLock, key: str, count: int) -> None:
             await anyio.sleep(0.01)
 
 
-async def test_every_key_has_a_ttl_and_a_free_key_leaves_only_its_fence(
+async def test_every_key_has_a_ttl_and_a_free_key_leaves_only_its_fence_marker(
     redis_lock: RedisThreadLock,
 ) -> None:
     lease = await redis_lock.acquire("ttl-check", ttl=5.0)
     keys = await raw_keys(redis_lock)
-    assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["fence", "lease"]
-    assert all(0 < ttl <= 5_000 + 3_600_000 for ttl in keys.values())
+    assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["lease"]
+    assert all(5_000 < ttl <= 5_000 + 3_600_000 for ttl in keys.values())  # outlives the lease
 
     async def waiter() -> None:
         got = await redis_lock.acquire("ttl-check", ttl=5.0, timeout=None)
@@ -56,21 +56,48 @@ async def test_every_key_has_a_ttl_and_a_free_key_leaves_only_its_fence(
         tg.start_soon(waiter)
         await wait_for_waiters(redis_lock, "ttl-check", 1)
         keys = await raw_keys(redis_lock)
-        assert sorted(k.rsplit(":", 1)[1] for k in keys) == [
-            "beat",
-            "fence",
-            "lease",
-            "meta",
-            "queue",
-        ]
+        assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["beat", "lease", "meta", "queue"]
         for name, ttl in keys.items():
             assert ttl > 0, name
-            if not name.endswith((":fence", ":lease")):
+            if not name.endswith(":lease"):
                 assert ttl <= redis_lock.grace * 1000 + 1, name  # the waiter's heartbeat
         assert await redis_lock.release(lease)
     keys = await raw_keys(redis_lock)
-    assert [k.rsplit(":", 1)[1] for k in keys] == ["fence"]
-    assert 0 < next(iter(keys.values())) <= 5_000 + 3_600_000
+    assert [k.rsplit(":", 1)[1] for k in keys] == ["lease"]
+    assert 0 < next(iter(keys.values())) <= 3_600_000
+    # Free, nobody queued: only the last fence is left ("F <fence>").
+    assert (await redis_lock.client.get(next(iter(keys)))).startswith(b"F ")
+
+
+async def test_the_lease_key_outlives_a_queue_whose_grace_is_longer_than_its_life(
+    redis_server: RedisServer,
+) -> None:
+    # A waiter's grace (2 h) beyond the lease key's life (ttl + 1 h): the lease key must not
+    # expire first, or the fast acquire would take a key that has a queue.
+    lock = RedisThreadLock(
+        aioredis.Redis.from_url(redis_server.url),
+        prefix="long-grace",
+        grace=7_200.0,
+        _owns_client=True,
+    )
+    try:
+        holder = await lock.acquire("g", ttl=1.0)
+
+        async def waiter() -> None:
+            await lock.release(await lock.acquire("g", ttl=1.0, timeout=None))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await wait_for_waiters(lock, "g", 1)
+            names = lock._names("g").lock
+            client = lock.client
+            queue_at = await client.execute_command("PEXPIRETIME", names[1])
+            lease_at = await client.execute_command("PEXPIRETIME", names[0])
+            assert await client.pttl(names[1]) > 3_600_000
+            assert lease_at >= queue_at
+            assert await lock.release(holder)
+    finally:
+        await lock.aclose()
 
 
 async def test_token_is_not_stored_and_user_key_only_as_a_value(
@@ -97,8 +124,37 @@ async def test_fail_fast_leaves_no_queue_and_reports_the_holder(
     assert 25.0 < busy.value.retry_after <= 30.0  # from the server: the holder's ttl left
     assert busy.value.holder is not None
     assert busy.value.holder.owner.startswith(redis_lock.owner)
-    assert sorted(k.rsplit(":", 1)[1] for k in await raw_keys(redis_lock)) == ["fence", "lease"]
+    assert sorted(k.rsplit(":", 1)[1] for k in await raw_keys(redis_lock)) == ["lease"]
     assert await redis_lock.release(holder)
+
+
+@pytest.mark.parametrize("left", ["released", "ended"])
+async def test_the_last_fence_is_the_floor_of_the_next_one(
+    redis_lock: RedisThreadLock, left: str
+) -> None:
+    # A last fence ahead of the server clock (as after a clock step back) must still be
+    # exceeded, whether the key was released (marker) or its lease ended unreleased.
+    lock = redis_lock
+    first = await lock.acquire(f"floor-{left}", ttl=0.2)
+    name = lock._names(f"floor-{left}").lock[0]
+    ahead = first.fence + 10**12  # about 11 days ahead of the clock
+    value = await lock.client.get(name)
+    if left == "released":
+        assert await lock.release(first)
+        await lock.client.set(name, f"F {ahead}", px=60_000)
+    else:
+        head, _, rest = value.partition(b" 0 ")
+        _fence, _, tail = rest.partition(b" ")
+        await lock.client.set(name, head + b" 0 " + str(ahead).encode() + b" " + tail, px=60_000)
+        with anyio.fail_after(10):
+            while await lock.inspect(f"floor-{left}") is not None:  # the lease ends
+                await anyio.sleep(0.05)
+    second = await lock.acquire(f"floor-{left}", ttl=5.0, timeout=0)
+    assert second.fence == ahead + 1
+    assert await lock.release(second)
+    third = await lock.acquire(f"floor-{left}", ttl=5.0, timeout=0)
+    assert third.fence == ahead + 2
+    assert await lock.release(third)
 
 
 async def test_fences_increase_after_all_data_is_lost(redis_lock: RedisThreadLock) -> None:

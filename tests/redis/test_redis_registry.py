@@ -33,7 +33,7 @@ async def test_registry_and_chain_keys_share_the_lock_slot_and_hold_ids_only(
     names = [n.decode() async for n in redis_lock.client.scan_iter(match=f"{redis_lock.prefix}:*")]
     tags = {re.search(r"\{([0-9a-f]{32})\}", n)[1] for n in names}  # type: ignore[index]
     assert tags == {_digest(ODD_KEY)}  # one hash tag: one Cluster slot
-    assert sorted(n.rsplit(":", 1)[1] for n in names) == ["chain", "fence", "lease", "runs"]
+    assert sorted(n.rsplit(":", 1)[1] for n in names) == ["chain", "lease", "runs"]
     raw = await redis_lock.client.hgetall(_name(redis_lock, ODD_KEY, "runs"))
     assert list(raw) == [b"run_x"]
     order, _, document = raw[b"run_x"].decode().partition(" ")

@@ -16,7 +16,7 @@ TOTAL = 100_000
 BATCH = 2_000
 
 
-async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_keys(
+async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_markers(
     redis_lock: RedisThreadLock,
 ) -> None:
     lock = redis_lock
@@ -29,8 +29,8 @@ async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_keys(
         names = [f"user-{n}" for n in range(start, min(start + BATCH, TOTAL - 1_000))]
         tokens = [secrets.token_hex(16) for _ in names]
         pipe = client.pipeline(transaction=False)
-        for name, token in zip(names, tokens, strict=True):
-            keys = lock._keys(name)
+        for n, (name, token) in enumerate(zip(names, tokens, strict=True)):
+            keys = lock._names(name).acquire_keys(f"scale{start + n:x}")
             args = ["pt", token, 30_000, owner, name, 5_000]
             await scripts["acquire"](keys, args, client=pipe)
         replies = await pipe.execute()
@@ -61,9 +61,11 @@ async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_keys(
     ttls = await pipe.execute()
     for name, ttl in zip(names, ttls, strict=True):
         count += 1
-        assert name.endswith(b":fence"), name
-        assert 0 < ttl <= 30_000 + 3_600_000, (name, ttl)
-    assert count == TOTAL  # one fence key per key used within the last hour, nothing else
-    assert f"{lock.prefix}:{{{_digest('user-0')}}}:fence".encode() in names
+        assert name.endswith(b":lease"), name
+        assert 0 < ttl <= 3_600_000, (name, ttl)  # the free-key marker "F <fence>"
+    assert count == TOTAL  # one marker per key used within the last hour, nothing else
+    user_0 = f"{lock.prefix}:{{{_digest('user-0')}}}:lease".encode()
+    assert user_0 in names
+    assert (await client.get(user_0)).startswith(b"F ")
     for start in range(0, len(names), 10_000):
         await client.unlink(*names[start : start + 10_000])

@@ -40,7 +40,7 @@ class _Names:
 
     def __init__(self, base: str, lock: list[bytes]) -> None:
         inbox = [f"{base}:inbox:{part}".encode() for part in _PARTS]
-        self.lock = lock
+        self.lock = lock  # KEYS 1-7 of a full lock script (the tombstone is never written)
         self.lease = lock[0]
         self.all = inbox  # pend, msg, seen, seq, dead
         self.pend_msg = inbox[:2]
@@ -75,7 +75,7 @@ class RedisInboxStore:
             if len(self._cache) >= 4096:
                 self._cache.clear()
             lock_names = self._key_names(key)
-            names = self._cache[key] = _Names(lock_names.base, lock_names.lock)
+            names = self._cache[key] = _Names(lock_names.base, lock_names.acquire_keys("inbox"))
         return names
 
     @staticmethod

@@ -47,26 +47,28 @@ class KeyNames:
     """The Redis key names of one lock (all in one hash slot) and its channel.
 
     The lists are the KEYS of the scripts, pre-encoded, so a call does not encode them again.
+    Each index has one meaning in every full lock script (see ``lua/_lib.lua``): 1 lease,
+    2 queue, 3 beat, 4 meta, 5 runs, 6 chain, 7 an acquire's tombstone.
     """
 
     __slots__ = ("base", "chain", "channel", "full", "key", "lock", "runs", "with_runs")
 
     def __init__(self, base: str, key: str = "") -> None:
         self.base = base
-        parts = ("lease", "fence", "queue", "beat", "meta")
-        #: KEYS 1-5 of every lock script: lease, fence, queue, beat, meta
+        parts = ("lease", "queue", "beat", "meta")
+        #: KEYS 1-4 (release, extend): lease, queue, beat, meta
         self.lock = [f"{base}:{part}".encode() for part in parts]
         self.runs = f"{base}:runs"
+        self.with_runs = [*self.lock, self.runs.encode()]  # KEYS 1-5 (inspect)
         self.chain = f"{base}:chain"
-        self.with_runs = [*self.lock, self.runs.encode()]  # KEYS 1-6 (acquire, inspect)
-        self.full = [*self.with_runs, self.chain.encode()]  # KEYS 1-7 (advance)
+        self.full = [*self.with_runs, self.chain.encode()]  # KEYS 1-6 (advance)
         self.channel = f"{base}:wake"
         self.key = key.encode()
 
     def acquire_keys(self, attempt: str) -> list[bytes]:
-        """KEYS 1-6 and the tombstone of one acquire (KEYS 7 of acquire and abandon);
+        """KEYS 1-7 of one acquire (for ``acquire`` and ``abandon``), the tombstone last;
         ``attempt`` names the acquire uniquely (it need not be secret)."""
-        return [*self.with_runs, f"{self.base}:gone:{attempt}".encode()]
+        return [*self.full, f"{self.base}:gone:{attempt}".encode()]
 
 
 class NameCache:

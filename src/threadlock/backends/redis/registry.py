@@ -87,7 +87,7 @@ class RedisRunRegistry:
         names = self._names(record.key)
         await self._commands.script_shielded(
             "track",
-            [names.with_runs[5]],
+            [names.with_runs[-1]],
             record.run_id,
             encode_record(record),
             self._registry_ttl_ms,

@@ -1,11 +1,18 @@
 """The Lua scripts and the one path every round trip to Redis takes.
 
-The scripts are the package's ``lua/*.lua`` files (the inbox's are ``inbox_*.lua``, with
-their helpers in ``_inbox.lua``). A lock script is ``_head.lua`` (locals
-only) followed by the script, whose ``-- @common`` line is replaced by ``_common.lua`` (the
-shared helpers), so the fast path written above that line runs before any helper exists. A
-script without the marker (``track.lua``) is sent as it is. Each runs with ``EVALSHA`` and is
-loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover).
+The scripts are the package's ``lua/*.lua`` files. Each full lock script (acquire, release,
+extend, abandon, inspect, advance) is sent as ``_lib.lua`` (the key layout, the server clock
+and the shared helpers) followed by its own file; ``acquire`` and ``release`` first run their
+fast path, ``acquire_fast.lua`` / ``release_fast.lua``, wrapped as a function ahead of
+``_lib.lua``, so the uncontended case costs only the calls it makes and none of the helpers,
+and anything else goes on in the same script, in the same round trip. ``track.lua`` stands
+alone. An inbox script (``inbox_*.lua``) is sent as ``_inbox.lua`` (the inbox helpers)
+followed by its own file, and ``inbox_finish``, which releases the lease, has ``_lib.lua``
+in front of that too, so it releases with the lock's own helper (``release_lease``). One
+script per operation, loaded once. Redis 7 functions would share the helpers without
+repeating them, but the backend supports Redis 6.2, which has no ``FUNCTION``. Each script
+runs with ``EVALSHA`` and is loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a
+failover).
 
 Every redis-py error and :class:`OSError` comes out of :class:`RedisCommands` as
 :class:`~threadlock.errors.BackendError`, chained.
@@ -39,30 +46,47 @@ INBOX_SCRIPTS = (
     "inbox_nack",
     "inbox_read",
 )
+#: The inbox scripts that work on the lease itself, and so are sent with ``_lib.lua``.
+INBOX_LOCK_SCRIPTS = ("inbox_finish",)
 SCRIPTS = (*LOCK_SCRIPTS, "track", *INBOX_SCRIPTS)
-_NUMKEYS = {n: str(n).encode() for n in range(1, 9)}
+#: script -> its fast path (a prologue that answers 0 to go on with the script)
+FAST_PATHS = {"acquire": "acquire_fast", "release": "release_fast"}
+_NUMKEYS = {n: str(n).encode() for n in range(1, 10)}
 #: At most this many commands of one ``for_each_bounded`` run at once.
 _CONCURRENCY = 32
+#: ``GET`` commands per pipeline of ``get_many``.
+_GET_BATCH = 1000
 
 
 def load_scripts() -> dict[str, str]:
-    """Script texts: ``_head.lua`` + the script with ``-- @common`` replaced by the helpers.
-
-    A script without the ``-- @common`` marker is standalone (``track.lua``). An inbox
-    script's ``-- @inbox`` line is replaced by ``_inbox.lua`` (the inbox helpers).
-    """
+    """Script texts: [fast path as a function, run first] + ``_lib.lua`` + the script for a
+    full lock script; ``_inbox.lua`` + the script for an inbox script (with ``_lib.lua``
+    first for one that releases); ``track.lua`` alone."""
     folder = importlib.resources.files("threadlock.backends.redis") / "lua"
-    head = (folder / "_head.lua").read_text(encoding="utf-8")
-    common = (folder / "_common.lua").read_text(encoding="utf-8")
-    inbox = (folder / "_inbox.lua").read_text(encoding="utf-8")
+
+    def read(name: str) -> str:
+        return (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+    lib = read("_lib")
+    inbox = read("_inbox")
     texts = {}
     for name in SCRIPTS:
-        body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-        if "\n-- @common\n" in body:
-            texts[name] = head + "\n" + body.replace("\n-- @common\n", "\n" + common + "\n", 1)
-        else:
+        body = read(name)
+        if name in INBOX_SCRIPTS:
+            texts[name] = (lib + "\n" if name in INBOX_LOCK_SCRIPTS else "") + inbox + "\n" + body
+            continue
+        if name not in LOCK_SCRIPTS:
             texts[name] = body
-        texts[name] = texts[name].replace("\n-- @inbox\n", "\n" + inbox + "\n", 1)
+            continue
+        text = lib + "\n" + body
+        fast = FAST_PATHS.get(name)
+        if fast is not None:
+            text = (
+                f"local function {fast}()\n{read(fast)}\nend\n"
+                f"do\n  local done = {fast}()\n  if done ~= 0 then\n    return done\n  end\nend\n"
+                + text
+            )
+        texts[name] = text
     return texts
 
 
@@ -129,6 +153,21 @@ class RedisCommands:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise BackendError(f"redis: {type(exc).__name__}: {exc}") from exc
         return result
+
+    async def get_many(self, names: Sequence[str]) -> list[Any]:
+        """``GET`` of every name, pipelined in batches (on Cluster, per node)."""
+        values: list[Any] = []
+        for start in range(0, len(names), _GET_BATCH):
+            batch = names[start : start + _GET_BATCH]
+
+            async def get(batch: Sequence[str] = batch) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for name in batch:
+                    pipe.get(name)
+                return await pipe.execute()
+
+            values.extend(await self.command(get))
+        return values
 
     async def scan(self, pattern: str) -> list[str]:
         """Every key name matching ``pattern`` (on every master of a Cluster)."""

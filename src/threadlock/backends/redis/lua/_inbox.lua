@@ -1,4 +1,4 @@
--- threadlock inbox: shared helpers, inserted by scripts.py where a script says `-- @inbox`.
+-- threadlock inbox: shared helpers; scripts.py sends this file ahead of every inbox_*.lua.
 -- The inbox keys of a lock share its hash slot ({<digest>}):
 --   pend  zset   message id -> arrival number (seq), the pending messages in arrival order
 --   msg   hash   message id -> "<posted µs> <failed attempts> <stored payload>"
@@ -16,10 +16,24 @@ local function inbox_now()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Whether the lease in `k_lease` is the one of `token` (its value starts with sha1(token)).
+-- Whether `k_lease` holds the live lease of `token`: its value starts with sha1(token) and
+-- its end (its expiry, or its claim deadline while unclaimed) is still ahead by the server
+-- clock; the lease key outlives the lease (see _lib.lua), so existing is not enough.
 local function inbox_mine(k_lease, token)
   local value = redis.call('GET', k_lease)
-  return value and string.sub(value, 1, 40) == redis.sha1hex(token)
+  if not value or string.sub(value, 1, 40) ~= redis.sha1hex(token) then
+    return false
+  end
+  local e, u = string.match(value, '^%x+ [01] %d+ %d+ (%d+) (%d+) ')
+  if not e then
+    return false
+  end
+  local ends = tonumber(e)
+  local claim_by = tonumber(u)
+  if claim_by > 0 and claim_by < ends then
+    ends = claim_by
+  end
+  return ends > inbox_now()
 end
 
 -- {pending count, newest posted µs, newest seq, now µs, id1, record1, seq1, ...}: the

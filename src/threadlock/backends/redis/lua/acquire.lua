@@ -1,6 +1,8 @@
 -- acquire: one attempt. ARGV 1 pub letter + mode letter, 2 token, 3 ttl ms, 4 owner,
 -- 5 user key, 6 grace ms, 7 the channel to notify this waiter on ('' for the key's own).
--- KEYS 1-6, and 7 the tombstone of this acquire. Modes:
+-- KEYS 1-7 (6, the chain, is not used; 7 is the tombstone of this acquire). The first
+-- attempt of an acquire is acquire_fast.lua; this one runs when that answered 0, and for
+-- every attempt of a waiter. Modes:
 --   't' (try):  take the key if free, else report busy (fail-fast; leaves nothing behind)
 --   'w' (wait): take it if free (or if it was handed to us), else join the queue / renew
 --               our heartbeat deadline to now + grace
@@ -9,52 +11,23 @@
 --   {0, µs until the holder's lease ends, fence, owner, acquired µs, expires µs, waiters,
 --    newest tracked run id or nil}, or {2} if this acquire was abandoned (tombstone).
 
--- Fast path: no lease, no queue (and no tombstone), so the key is free and nobody waits.
--- Four calls.
-local busy
-if K_GONE then
-  busy = redis.call('EXISTS', K_LEASE, K_QUEUE, K_GONE)
-else
-  busy = redis.call('EXISTS', K_LEASE, K_QUEUE)
-end
-if busy == 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local ttl_ms = tonumber(ARGV[3])
-  local px = ttl_ms + FENCE_KEEP_MS
-  local now_s = string.format('%d', now)
-  local fence = now
-  local old = redis.call('SET', K_FENCE, now_s, 'PX', px, 'GET')
-  if old and tonumber(old) >= now then
-    fence = tonumber(old) + 1
-    redis.call('SET', K_FENCE, string.format('%d', fence), 'PX', px)
-  end
-  local expires = now + ttl_ms * 1000
-  redis.call('SET', K_LEASE, redis.sha1hex(ARGV[2]) .. ' 0 ' .. string.format('%d', fence)
-    .. ' ' .. now_s .. ' ' .. string.format('%d', expires) .. ' 0 ' .. #ARGV[4] .. ' '
-    .. ARGV[4] .. ARGV[5], 'PXAT', math.floor(expires / 1000) + 1)
-  return {1, fence, now, expires}
-end
-
--- @common
-
 if K_GONE and redis.call('EXISTS', K_GONE) == 1 then
   return {2}  -- its caller gave up before this attempt arrived: change nothing
 end
 local id = redis.sha1hex(ARGV[2])
 local mode = string.sub(ARGV[1], 2, 2)
-local lease = current(NOW)
+local lease, last = current()
 if lease and lease.t == id then  -- handed to us while we waited: claim it
   return {1, lease.fence, lease.acquired, claim(lease)}
 end
 if not lease then
   -- Free and nobody queued (current() hands a free key with waiters to their head, and
   -- deletes a queue it finds empty).
-  lease = new_lease(NOW, id, tonumber(ARGV[3]), ARGV[4], ARGV[5], nil, false)
+  lease = new_lease(id, tonumber(ARGV[3]), ARGV[4], ARGV[5], nil, false, last)
   return {1, lease.fence, NOW, lease.expires}
 end
 if mode == 'w' then
-  purge(NOW)
+  purge()
   if not redis.call('ZSCORE', K_QUEUE, id) then
     local order = NOW
     local tail = redis.call('ZRANGE', K_QUEUE, -1, -1, 'WITHSCORES')
@@ -67,10 +40,12 @@ if mode == 'w' then
       .. ARGV[4], 'k', ARGV[5])
   end
   redis.call('ZADD', K_BEAT, NOW + tonumber(ARGV[6]) * 1000, id)
-  queue_ttl()
+  local queue_end = queue_ttl()
   if lease.w ~= '1' then  -- tell the holder's release that someone waits
     lease.w = '1'
-    store(lease)
+    store(lease)  -- the lease key now also outlives the queue
+  elseif queue_end and pxat(queue_end) > pxat(ends_at(lease)) + KEEP_MS then
+    expire_at(K_LEASE, queue_end)  -- a grace longer than the key's life: keep it longer
   end
   -- A waiter only needs to know when to look again; the holder's details would be thrown
   -- away (they are for ThreadBusy), so they cost no calls here.
@@ -81,4 +56,4 @@ elseif mode == 'l' then
   queue_cleanup()
 end
 return {0, ends_at(lease) - NOW, lease.fence, lease.owner, lease.acquired, lease.expires,
-  live_waiters(NOW), newest_run()}
+  live_waiters(), newest_run()}

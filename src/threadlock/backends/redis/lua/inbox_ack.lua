@@ -1,7 +1,6 @@
 -- inbox_ack: KEYS 1 lease, 2 pend, 3 msg, 4 seen, 5 seq, 6 dead. ARGV 1 token, 2 entry_ttl
 -- ms, 3... message ids. Removes the ids from the pending messages if the lease is the
 -- caller's (1), else changes nothing (0). The ids stay in `seen` for deduplication.
--- @inbox
 if not inbox_mine(KEYS[1], ARGV[1]) then
   return 0
 end

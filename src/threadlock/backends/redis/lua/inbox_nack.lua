@@ -2,7 +2,6 @@
 -- ms, 3 max_attempts, 4 dead letters kept, 5... message ids. Counts a failed attempt of each
 -- id still pending; one that reaches max_attempts moves to the dead letters. Returns -1 if
 -- the lease is not the caller's (nothing changes), else {ids moved to the dead letters}.
--- @inbox
 if not inbox_mine(KEYS[1], ARGV[1]) then
   return -1
 end

@@ -1,7 +1,6 @@
 -- inbox_post: KEYS 1 pend, 2 msg, 3 seen, 4 seq, 5 dead (see _inbox.lua). ARGV 1 message id,
 -- 2 stored payload, 3 max_pending, 4 entry_ttl ms. Returns 1 if stored, 0 if the id was
 -- posted within entry_ttl (nothing changes), -1 if max_pending are pending (nothing changes).
--- @inbox
 local now = inbox_now()
 local id, ttl_ms = ARGV[1], tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', inbox_fmt(now - ttl_ms * 1000))

@@ -1,26 +1,9 @@
--- release: ARGV 2 token. KEYS 1-5. Returns 1 if the caller's live lease was released, the
--- id of the waiter the key then went to if it went straight to one, 0 if that lease was no
--- longer held.
+-- release: ARGV 2 token. KEYS 1-4. The first try of a release is release_fast.lua; this runs
+-- when that answered 0. Returns 1 if the caller's live lease was released, the id of the
+-- waiter the key then went to if it went straight to one, 0 if that lease was no longer held.
 
--- Fast path: our lease (live while its key exists) with nobody queued behind it (its
--- w flag is '0'): two calls.
-local value = redis.call('GET', K_LEASE)
-local mine = value and string.sub(value, 1, 40) == redis.sha1hex(ARGV[2])
-if mine then
-  redis.call('DEL', K_LEASE)
-  if string.byte(value, 42) == 48 then  -- '0'
-    return 1
-  end
+local lease = current()  -- a free key with waiters goes to the head waiter, as every script does
+if not lease or lease.t ~= redis.sha1hex(ARGV[2]) then
+  return 0
 end
-
--- @common
-
-if mine then
-  local granted = hand_to_head_waiter(NOW)
-  if granted then
-    return granted.t
-  end
-  return 1
-end
-current(NOW)  -- a free key with waiters goes to the head waiter, as every script does
-return 0
+return release_lease(lease)

@@ -1,6 +1,7 @@
 """The documentation's figures, drawn from the saved results: ``python -m benchmarks.figures``.
 
-Reads ``benchmarks/results/{memory,redis,postgres}.json`` (written by ``python -m benchmarks``)
+Reads ``benchmarks/results/{memory,redis,postgres}.json`` (written by ``python -m benchmarks``),
+``benchmarks/results/cluster.json`` (``python -m benchmarks.cluster_scale``)
 and ``benchmarks/results/demo.json`` (the output of ``threadlock demo --json``), and writes one
 SVG per figure into ``docs/assets/``. The SVG is written by hand (no plotting library), and the
 same JSON always gives the same bytes, so ``tests/test_figures.py`` can check that the
@@ -297,6 +298,106 @@ def latency_figure(doc: dict[str, Any], ours: str) -> str:
     return svg.render()
 
 
+# --- the cluster-scale run -------------------------------------------------------------------
+
+
+def _bars(
+    svg: Svg,
+    left: float,
+    title: str,
+    groups: Sequence[tuple[str, Sequence[float]]],
+    colours: Sequence[str],
+    label: Callable[[float], str],
+) -> None:
+    """One panel of grouped bars: a group per label, a bar per value, on a linear axis."""
+    top, bottom, panel_width = 98.0, 286.0, 340.0
+    peak = max((v for _, values in groups for v in values), default=0.0) or 1.0
+    svg.text(left, top - 14, title, bold=True)
+    svg.line(left, bottom, left + panel_width, bottom, MUTED)
+    slot = panel_width / len(groups)
+    bar = min(36.0, slot / (len(colours) + 1))
+    for i, (name, values) in enumerate(groups):
+        centre = left + slot * (i + 0.5)
+        start = centre - (bar + 4) * len(values) / 2 + 2
+        for j, (value, colour) in enumerate(zip(values, colours, strict=False)):
+            x = start + (bar + 4) * j
+            h = (bottom - top - 16) * value / peak
+            svg.rect(x, bottom - h, bar, h, colour)
+            svg.text(x + bar / 2, bottom - h - 4, label(value), anchor="middle", size=13)
+        for k, word in enumerate(name.split("\n")):
+            svg.text(centre, bottom + 19 + 16 * k, word, anchor="middle", size=14, fill=MUTED)
+
+
+def _keys_label(run: dict[str, Any]) -> str:
+    keys = run["keys"]
+    text = f"{keys // 1_000_000}M" if keys >= 1_000_000 else f"{keys // 1000}k"
+    return f"{text} keys" + ("\n(simulated)" if run["simulated"] else "")
+
+
+def cluster_figure(doc: dict[str, Any]) -> str:
+    """Server cost per turn by key space (3 shards), and 1 against 3 shards."""
+    runs = doc["runs"]
+    three = [r for r in runs if r["shards"] == 3]
+    width, height = 760, 388
+    svg = Svg(width, height, "threadlock on a Redis Cluster: cost per turn and shards")
+    svg.text(
+        20, 28, "Redis Cluster: server cost per turn, by key space and shards", size=17, bold=True
+    )
+    svg.legend(
+        20, 52, [(OURS, "server CPU µs/turn, net of idle"), (OURS_LIGHT, "commandstats µs/turn")]
+    )
+    _bars(
+        svg,
+        20,
+        "3 shards, by key space (sum of shards)",
+        [(_keys_label(r), (r["net_cpu_us_per_turn"], r["cmd_us_per_turn"])) for r in three],
+        (OURS, OURS_LIGHT),
+        lambda v: f"{v:.0f}",
+    )
+    scaling = doc["summary"].get("scaling")
+    if scaling:
+        pair = [
+            next(r for r in runs if r["shards"] == n and r["keys"] == scaling["keys"])
+            for n in (1, 3)
+        ]
+        _bars(
+            svg,
+            400,
+            f"{scaling['keys'] // 1000}k keys: the busiest shard",
+            [
+                (
+                    f"{r['shards']} shard{'s' * (r['shards'] > 1)}\n"
+                    f"{r['turns_per_s']:,.0f} turns/s",
+                    (
+                        max(r["net_cpu_us_per_turn_by_shard"]),
+                        max(r["cmd_us_per_turn_by_shard"]),
+                    ),
+                )
+                for r in pair
+            ],
+            (OURS, OURS_LIGHT),
+            lambda v: f"{v:.0f}",
+        )
+    machine = doc.get("machine", {})
+    loads = ", ".join(str(r["load_after"][0]) for r in runs)
+    svg.text(
+        20,
+        height - 26,
+        f"From benchmarks/results/{doc['name']}.json ({str(machine.get('date', ''))[:10]}): "
+        f"clients and shards share {machine.get('cpu_count', '?')} CPUs,",
+        size=13,
+        fill=MUTED,
+    )
+    svg.text(
+        20,
+        height - 9,
+        f"so turns/s cannot scale with shards here; 1-min load average after each run: {loads}.",
+        size=13,
+        fill=MUTED,
+    )
+    return svg.render()
+
+
 # --- the list of figures --------------------------------------------------------------------
 
 
@@ -312,6 +413,7 @@ def figures(results: Path = RESULTS) -> dict[str, str]:
         "latency-memory.svg": latency_figure(_load("memory.json", results), "memory"),
         "latency-redis.svg": latency_figure(_load("redis.json", results), "redis"),
         "latency-postgres.svg": latency_figure(_load("postgres.json", results), "postgres"),
+        "cluster-scale.svg": cluster_figure(_load("cluster.json", results)),
     }
 
 

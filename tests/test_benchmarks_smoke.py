@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,42 @@ def test_targets_are_data_and_skip_without_their_reference(bench: Any) -> None:
         import benchmarks.targets
 
         benchmarks.targets._TARGETS[:] = before
+
+
+def test_cluster_scale_quick_run_starts_clusters_and_leaves_every_key_with_a_ttl(
+    tmp_path: Path,
+) -> None:
+    from tests._servers.redis_server import _missing, require_redis_server
+
+    require_redis_server()
+    if shutil.which("redis-cli") is None:
+        _missing("redis-cli is not on PATH; the cluster-scale run creates its cluster with it")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster_scale", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "cluster.json").read_text(encoding="utf-8"))
+    assert [(r["shards"], r["simulated"]) for r in doc["runs"]] == [
+        (3, False),
+        (3, True),
+        (1, False),
+    ]
+    for run in doc["runs"]:
+        assert run["turns"] > 0, run
+        assert run["failures"] == 0, run
+        assert run["populated"] == (run["hot_keys"] if run["simulated"] else run["keys"])
+        assert len(run["cpu_us_per_turn_by_shard"]) == run["shards"]
+        assert run["keys_scanned"] == run["keys_at_end"] > 0
+        assert run["keys_without_ttl"] == 0
+        assert run["redis_keys_per_held_key"] >= 1
+        assert len(run["load_before"]) == len(run["load_after"]) == 3
+    assert doc["summary"]["no_key_without_ttl"] is True
+    assert doc["summary"]["scaling"]["keys"] == doc["runs"][2]["keys"]
+    md = (tmp_path / "cluster.md").read_text(encoding="utf-8")
+    assert md.startswith("# Benchmark results: cluster")
+    assert "keys w/o TTL" in md

@@ -34,6 +34,7 @@ def test_committed_figures_are_what_the_committed_results_give() -> None:
         "latency-memory.svg",
         "latency-redis.svg",
         "latency-postgres.svg",
+        "cluster-scale.svg",
     }
     assert figures.stale(drawn) == [], "run: python -m benchmarks.figures"
 
@@ -97,3 +98,17 @@ def test_demo_figure_accepts_what_the_demo_prints_now() -> None:
     assert "with threadlock" in texts
     # the guarded pass's three counts are drawn as zeros
     assert texts.count("0") >= 3
+
+
+def test_cluster_figure_shows_every_run_and_the_shared_cores() -> None:
+    doc = json.loads((ROOT / "benchmarks/results/cluster.json").read_text(encoding="utf-8"))
+    texts = _texts(figures.cluster_figure(doc))
+    three = [r for r in doc["runs"] if r["shards"] == 3]
+    for run in three:  # one group per key space, with both of its costs
+        assert figures._keys_label(run).split("\n")[0] in texts
+        assert f"{run['cmd_us_per_turn']:.0f}" in texts
+        assert f"{run['net_cpu_us_per_turn']:.0f}" in texts
+    scaling = doc["summary"]["scaling"]
+    assert f"{scaling['turns_per_s_1_shard']:,.0f} turns/s" in texts
+    assert f"{scaling['turns_per_s_3_shards']:,.0f} turns/s" in texts
+    assert any(f"share {doc['machine']['cpu_count']} CPUs" in t for t in texts)

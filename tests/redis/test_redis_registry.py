@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from _servers.redis_server import free_port
-from threadlock import BackendError, Lease
+from _servers.redis_server import RedisServer, free_port
+from threadlock import BackendError, Lease, ThreadBusy
 from threadlock.backends.redis import RedisThreadLock, _digest
 from threadlock.testing.registry_conformance import ODD_KEY, run_record
 
@@ -33,7 +33,7 @@ async def test_registry_and_chain_keys_share_the_lock_slot_and_hold_ids_only(
     names = [n.decode() async for n in redis_lock.client.scan_iter(match=f"{redis_lock.prefix}:*")]
     tags = {re.search(r"\{([0-9a-f]{32})\}", n)[1] for n in names}  # type: ignore[index]
     assert tags == {_digest(ODD_KEY)}  # one hash tag: one Cluster slot
-    assert sorted(n.rsplit(":", 1)[1] for n in names) == ["chain", "lease", "runs"]
+    assert sorted(n.rsplit(":", 1)[1] for n in names) == ["chain", "lease", "order", "runs"]
     raw = await redis_lock.client.hgetall(_name(redis_lock, ODD_KEY, "runs"))
     assert list(raw) == [b"run_x"]
     order, _, document = raw[b"run_x"].decode().partition(" ")
@@ -52,6 +52,9 @@ async def test_registry_and_chain_keys_carry_ttls(redis_url: str, prefix: str) -
         await lock.track_run(run_record("ttl", "run_1", 1.0))
         assert await lock.advance_chain(lease, None, "resp_1")
         runs_ttl = await lock.client.pttl(_name(lock, "ttl", "runs"))
+        assert await lock.client.pttl(_name(lock, "ttl", "order")) == pytest.approx(
+            runs_ttl, abs=1000
+        )
         chain_ttl = await lock.client.pttl(_name(lock, "ttl", "chain"))
         assert 24 * 3600_000 - 60_000 < runs_ttl <= 24 * 3600_000
         assert 30 * 24 * 3600_000 - 60_000 < chain_ttl <= 30 * 24 * 3600_000
@@ -86,6 +89,7 @@ async def test_each_write_drops_entries_older_than_the_ttl(redis_url: str, prefi
         stale = (seconds - 601) * 1_000_000 + micros
         document = json.dumps(["old", "run", "run_stale", "old", 1.0, 1, "dead"])
         await lock.client.hset(runs, "run_stale", f"{stale} {document}")
+        await lock.client.zadd(_name(lock, "old", "order"), {"run_stale": stale})
         assert [r.run_id for r in await lock.tracked_runs("old")] == ["run_stale", "run_kept"]
         await lock.track_run(run_record("old", "run_new", 4.0))
         assert [r.run_id for r in await lock.tracked_runs("old")] == ["run_kept", "run_new"]
@@ -100,10 +104,12 @@ async def test_an_emptied_registry_leaves_no_key_and_prefixes_are_apart(
     ):
         await lock.track_run(run_record("thread_a", "run_1", 1.0))
         assert await lock.client.exists(_name(lock, "thread_a", "runs")) == 1
+        assert await lock.client.exists(_name(lock, "thread_a", "order")) == 1
         assert await other.tracked_runs() == []  # prefixes do not see each other
         assert await other.tracked_runs("thread_a") == []
         await lock.untrack_run("thread_a", "run_1")
         assert await lock.client.exists(_name(lock, "thread_a", "runs")) == 0
+        assert await lock.client.exists(_name(lock, "thread_a", "order")) == 0
 
 
 async def test_record_fields_and_expected_are_checked(redis_lock: RedisThreadLock) -> None:
@@ -138,3 +144,37 @@ async def test_backend_errors_are_wrapped(prefix: str) -> None:
             with pytest.raises(BackendError) as error:
                 await call()
             assert error.value.__cause__ is not None
+
+
+async def test_registry_reads_do_not_scan_the_runs_hash(private_redis: RedisServer) -> None:
+    """With 1,000 runs registered, a busy reply, inspect and track read no whole hash: no
+    HGETALL (issue 15, defect 6); what they answer is unchanged."""
+    async with RedisThreadLock.from_url(private_redis.url, prefix="scan") as lock:
+        for n in range(1000):
+            await lock.track_run(run_record("many", f"run_{n}", float(n)))
+        lease = await lock.acquire("many", ttl=30.0)
+        await lock.client.config_resetstat()
+        with pytest.raises(ThreadBusy) as busy:
+            await lock.acquire("many", ttl=30.0, timeout=0)
+        assert busy.value.holder is not None
+        assert busy.value.holder.run_id == "run_999"
+        info = await lock.inspect("many")
+        assert info is not None
+        assert info.run_id == "run_999"
+        await lock.track_run(run_record("many", "run_1000", 1000.0))
+        info = await lock.inspect("many")
+        assert info is not None
+        assert info.run_id == "run_1000"
+        await lock.track_run(run_record("many", "run_5", 5.5))  # again: keeps its place
+        info = await lock.inspect("many")
+        assert info is not None
+        assert info.run_id == "run_1000"
+        stats = await lock.client.info("commandstats")
+        assert "cmdstat_hgetall" not in stats
+        assert "cmdstat_hscan" not in stats
+        await lock.untrack_run("many", "run_1000")
+        info = await lock.inspect("many")
+        assert info is not None
+        assert info.run_id == "run_999"
+        assert len(await lock.tracked_runs("many")) == 1000
+        assert await lock.release(lease)

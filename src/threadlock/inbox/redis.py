@@ -75,7 +75,7 @@ class RedisInboxStore:
             if len(self._cache) >= 4096:
                 self._cache.clear()
             lock_names = self._key_names(key)
-            names = self._cache[key] = _Names(lock_names.base, lock_names.acquire_keys("inbox"))
+            names = self._cache[key] = _Names(lock_names.base, lock_names.acquire_keys("inbox")[:7])
         return names
 
     @staticmethod

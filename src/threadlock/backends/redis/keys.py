@@ -48,10 +48,22 @@ class KeyNames:
 
     The lists are the KEYS of the scripts, pre-encoded, so a call does not encode them again.
     Each index has one meaning in every full lock script (see ``lua/_lib.lua``): 1 lease,
-    2 queue, 3 beat, 4 meta, 5 runs, 6 chain, 7 an acquire's tombstone.
+    2 queue, 3 beat, 4 meta, 5 runs, 6 chain, 7 an acquire's tombstone, 8 the runs' order.
     """
 
-    __slots__ = ("base", "chain", "channel", "full", "key", "lock", "runs", "with_runs")
+    __slots__ = (
+        "base",
+        "chain",
+        "channel",
+        "full",
+        "inspect",
+        "key",
+        "lock",
+        "order",
+        "registry",
+        "runs",
+        "with_runs",
+    )
 
     def __init__(self, base: str, key: str = "") -> None:
         self.base = base
@@ -59,16 +71,21 @@ class KeyNames:
         #: KEYS 1-4 (release, extend): lease, queue, beat, meta
         self.lock = [f"{base}:{part}".encode() for part in parts]
         self.runs = f"{base}:runs"
-        self.with_runs = [*self.lock, self.runs.encode()]  # KEYS 1-5 (inspect)
+        self.with_runs = [*self.lock, self.runs.encode()]  # KEYS 1-5
         self.chain = f"{base}:chain"
         self.full = [*self.with_runs, self.chain.encode()]  # KEYS 1-6 (advance)
+        self.order = f"{base}:order"
+        #: KEYS 1-8 of inspect: its 7, a tombstone, is never written
+        self.inspect = [*self.full, f"{base}:gone:-".encode(), self.order.encode()]
+        #: KEYS of track and untrack: the runs hash and its order
+        self.registry = [self.runs.encode(), self.order.encode()]
         self.channel = f"{base}:wake"
         self.key = key.encode()
 
     def acquire_keys(self, attempt: str) -> list[bytes]:
-        """KEYS 1-7 of one acquire (for ``acquire`` and ``abandon``), the tombstone last;
-        ``attempt`` names the acquire uniquely (it need not be secret)."""
-        return [*self.full, f"{self.base}:gone:{attempt}".encode()]
+        """KEYS 1-8 of one acquire (for ``acquire`` and ``abandon``), 7 the tombstone, 8 the
+        runs' order; ``attempt`` names the acquire uniquely (it need not be secret)."""
+        return [*self.full, f"{self.base}:gone:{attempt}".encode(), self.order.encode()]
 
 
 class NameCache:

@@ -462,9 +462,7 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         return self._lease(lease.key, lease.token, ttl, reply)
 
     async def _inspect(self, key: str) -> LockInfo | None:
-        reply = await self._commands.script_shielded(
-            "inspect", self._names(key).with_runs, self._pub
-        )
+        reply = await self._commands.script_shielded("inspect", self._names(key).inspect, self._pub)
         if not isinstance(reply, list):
             return None
         return self._info(reply, key)
@@ -485,7 +483,7 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
 
         async def one(base: str) -> None:
             reply = await self._commands.script_shielded(
-                "inspect", KeyNames(base).with_runs, self._pub
+                "inspect", KeyNames(base).inspect, self._pub
             )
             if isinstance(reply, list):
                 infos.append(self._info(reply))

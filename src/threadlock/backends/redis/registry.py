@@ -1,6 +1,8 @@
 """The run registry and chain heads of the Redis backend (RunRegistry, ChainStore).
 
-Each lock's registry is one hash in the lock's hash slot, ``<prefix>:{<digest>}:runs``, and
+Each lock's registry is one hash in the lock's hash slot, ``<prefix>:{<digest>}:runs``, with
+its order beside it (a sorted set, ``<prefix>:{<digest>}:order``, so the newest entry and the
+entries to prune are found without reading the hash), and
 its chain head one string, ``<prefix>:{<digest>}:chain`` (layout and bounds:
 docs/backends/redis.md). Every write is one round trip.
 """
@@ -87,20 +89,20 @@ class RedisRunRegistry:
         names = self._names(record.key)
         await self._commands.script_shielded(
             "track",
-            [names.with_runs[-1]],
+            names.registry,
             record.run_id,
             encode_record(record),
             self._registry_ttl_ms,
         )
 
     async def untrack_run(self, key: str, run_id: str) -> None:
-        """Forget a run; see :class:`threadlock.RunRegistry`. A missing entry is no error."""
+        """Forget a run; see :class:`threadlock.RunRegistry`. A missing entry is no error.
+
+        One ``EVALSHA`` (``untrack.lua``): the entry leaves the hash and its order together."""
         check_key(key)
         check_key(run_id, "run_id")
         self._check_open()
-        runs = self._names(key).runs
-        client = self._commands.client
-        await self._commands.command(lambda: client.hdel(runs, run_id), shield=True)
+        await self._commands.script_shielded("untrack", self._names(key).registry, run_id)
 
     async def tracked_runs(self, key: str | None = None) -> list[RunRecord]:
         """The recorded runs of ``key`` in the order recorded, or of every key (all masters

@@ -2,17 +2,17 @@
 
 The scripts are the package's ``lua/*.lua`` files. Each full lock script (acquire, release,
 extend, abandon, inspect, advance) is sent as ``_lib.lua`` (the key layout, the server clock
-and the shared helpers) followed by its own file; ``acquire`` and ``release`` first run their
-fast path, ``acquire_fast.lua`` / ``release_fast.lua``, wrapped as a function ahead of
+and the shared helpers) followed by its own file; ``acquire`` and ``release`` first run
+their fast path, ``acquire_fast.lua`` / ``release_fast.lua``, wrapped as a function ahead of
 ``_lib.lua``, so the uncontended case costs only the calls it makes and none of the helpers,
-and anything else goes on in the same script, in the same round trip. ``track.lua`` stands
-alone. An inbox script (``inbox_*.lua``) is sent as ``_inbox.lua`` (the inbox helpers)
-followed by its own file, and ``inbox_finish``, which releases the lease, has ``_lib.lua``
-in front of that too, so it releases with the lock's own helper (``release_lease``). One
-script per operation, loaded once. Redis 7 functions would share the helpers without
-repeating them, but the backend supports Redis 6.2, which has no ``FUNCTION``. Each script
-runs with ``EVALSHA`` and is loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a
-failover).
+and anything else goes on in the same script, in the same round trip. ``track.lua`` and
+``untrack.lua`` stand alone. An inbox script (``inbox_*.lua``) is sent as ``_inbox.lua``
+(the inbox helpers) followed by its own file, and ``inbox_finish``, which releases the
+lease, has ``_lib.lua`` in front of that too, so it releases with the lock's own helper
+(``release_lease``). One script per operation, loaded once. Redis 7 functions would share
+the helpers without repeating them, but the backend supports Redis 6.2, which has no
+``FUNCTION``. Each script runs with ``EVALSHA`` and is loaded again on ``NOSCRIPT``
+(``SCRIPT FLUSH``, a restart, a failover).
 
 Every redis-py error and :class:`OSError` comes out of :class:`RedisCommands` as
 :class:`~threadlock.errors.BackendError`, chained.
@@ -48,7 +48,7 @@ INBOX_SCRIPTS = (
 )
 #: The inbox scripts that work on the lease itself, and so are sent with ``_lib.lua``.
 INBOX_LOCK_SCRIPTS = ("inbox_finish",)
-SCRIPTS = (*LOCK_SCRIPTS, "track", *INBOX_SCRIPTS)
+SCRIPTS = (*LOCK_SCRIPTS, "track", "untrack", *INBOX_SCRIPTS)
 #: script -> its fast path (a prologue that answers 0 to go on with the script)
 FAST_PATHS = {"acquire": "acquire_fast", "release": "release_fast"}
 _NUMKEYS = {n: str(n).encode() for n in range(1, 10)}
@@ -61,7 +61,7 @@ _GET_BATCH = 1000
 def load_scripts() -> dict[str, str]:
     """Script texts: [fast path as a function, run first] + ``_lib.lua`` + the script for a
     full lock script; ``_inbox.lua`` + the script for an inbox script (with ``_lib.lua``
-    first for one that releases); ``track.lua`` alone."""
+    first for one that releases); ``track.lua`` and ``untrack.lua`` alone."""
     folder = importlib.resources.files("threadlock.backends.redis") / "lua"
 
     def read(name: str) -> str:

@@ -4,7 +4,7 @@
 -- and track.lua stand alone.
 --
 -- KEYS (all in one hash slot through the tag {<digest of the user key>}); each index has one
--- meaning, and a script is given the first 4, 5, 6 or 7:
+-- meaning, and a script is given the first 4, 6 or 8:
 --   1 lease  string the lease, a free-key marker, or nothing:
 --                   "<t> <w> <fence> <acquired µs> <expires µs> <claim by µs> <#owner> <owner><key>"
 --                   t = sha1(token) (40 hex digits, first, so a release compares a prefix);
@@ -24,13 +24,17 @@
 --   7 gone   string the tombstone of one acquire ("<base>:gone:<attempt>", 60 s; the
 --                   attempt is the backend instance's id and its acquire counter): abandon
 --                   writes it, so an attempt of that acquire that reaches Redis after it
---                   (cancelled in flight, its bytes still on the wire) changes nothing
+--                   (cancelled in flight, its bytes still on the wire) changes nothing;
+--                   inspect is given one that is never written
+--   8 order  zset   run id -> order µs: the entries of runs in order, so the newest run is
+--                   one ZRANGE and pruning one ZRANGEBYSCORE, never a read of the whole hash
+--                   (written with runs by track.lua / untrack.lua, with the same TTL)
 -- ARGV[1] (every full lock script): 's' to notify with SPUBLISH (Cluster), else 'p'
 -- (PUBLISH), followed, for acquire, by the mode letter.
 -- A waiter id is sha1(token): the token itself never rests in Redis.
 -- Numbers above 1e14 are never concatenated with `..` (Lua 5.1 prints them as %.14g).
 local K_LEASE, K_QUEUE, K_BEAT, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_RUNS, K_CHAIN, K_GONE = KEYS[5], KEYS[6], KEYS[7]
+local K_RUNS, K_CHAIN, K_GONE, K_ORDER = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local SHARDED = string.byte(ARGV[1], 1) == 115  -- 's'
 -- After a lease ends its fence is kept this long (in the lease key); once it is gone the
 -- server clock alone (in µs) is already this far past it, so fences keep increasing even
@@ -260,19 +264,12 @@ local function claim(lease)
   return lease.expires
 end
 
--- The newest entry of the run registry (the run id), or false.
+-- The newest entry of the run registry (the run id), or false: the last of its order,
+-- O(log n) whatever the number of entries.
 local function newest_run()
-  if not K_RUNS then
+  if not K_ORDER then
     return false
   end
-  local entries = redis.call('HGETALL', K_RUNS)
-  local newest, best = false, -1
-  for i = 1, #entries, 2 do
-    local order = tonumber(string.match(entries[i + 1], '^(%d+) ') or '-1')
-    if order > best then
-      best = order
-      newest = entries[i]
-    end
-  end
-  return newest
+  local newest = redis.call('ZRANGE', K_ORDER, -1, -1)
+  return newest[1] or false
 end

@@ -25,7 +25,8 @@ in the instance, as the memory backend does, has no such store: it declares
 ``keeps_entries_in_instance = True`` and gives no ``reopen``. The durability tests (entries
 outliving the instance that wrote them) are then not part of its suite at all, and
 ``test_declares_whether_it_can_reopen`` checks that the declaration and the fixture agree.
-Like :class:`BackendConformance`, the suites need pytest and anyio's pytest plugin and assert behaviour, never speed.
+Like :class:`BackendConformance`, the suites need pytest and anyio's pytest plugin and
+assert behaviour, never speed.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ columns, made of three parts:
   so at most that many contacts are being answered at once.
 * a **threadlock lease** per contact (``PostgresThreadLock``, in the same database): a drain
   job takes ``contact:<id>`` with ``timeout=0`` and answers the contact's pending messages
-  oldest first. If another job holds the contact, ``ThreadBusy`` becomes a procrastinate retry
-  (the holder will answer the new message anyway). Each reply is written with a fence check
+  oldest first. If another job holds the contact, the busy job defers a drain for later
+  (none if one is waiting already) and ends: not a procrastinate retry, which would put the
+  job back to ``todo`` and collide, in the ``queueing_lock`` index, with a drain deferred
+  while it ran. Each reply is written with a fence check
   (``bot_contacts.fence``), so a stalled holder whose lease ran out cannot write after the
   next one.
 
@@ -114,12 +116,15 @@ async def receive(app: procrastinate.App, dsn: str, contact: str, text: str) -> 
     return int(row[0])
 
 
-async def defer_drain(app: procrastinate.App, contact: str) -> None:
+async def defer_drain(app: procrastinate.App, contact: str, *, delay: float = 0.0) -> None:
     # AlreadyEnqueued: a drain job for this contact is waiting; it will answer this one too.
+    task = app.configure_task(
+        "drain",
+        queueing_lock=f"drain:{contact}",
+        schedule_in={"seconds": delay} if delay > 0 else None,
+    )
     with contextlib.suppress(AlreadyEnqueued):
-        await app.configure_task("drain", queueing_lock=f"drain:{contact}").defer_async(
-            contact=contact
-        )
+        await task.defer_async(contact=contact)
 
 
 # -- the worker side -------------------------------------------------------------------------
@@ -141,14 +146,12 @@ class Bot:
 
 
 class BusyRetry(procrastinate.BaseRetryStrategy):
-    """``ThreadBusy`` -> retry soon (bounded by the holder's lease); other errors -> backoff."""
+    """Errors other than a busy contact (handled in :func:`drain`) -> backoff."""
 
     def get_retry_decision(
         self, *, exception: BaseException, job: Job
     ) -> procrastinate.RetryDecision | None:
-        if isinstance(exception, threadlock.ThreadBusy):
-            delay = min(exception.retry_after, MAX_BUSY_DELAY)
-        elif job.attempts < 8:
+        if job.attempts < 8:
             delay = min(2.0**job.attempts, 60.0)
         else:
             return None
@@ -158,12 +161,21 @@ class BusyRetry(procrastinate.BaseRetryStrategy):
 async def drain(context: procrastinate.JobContext, contact: str) -> int:
     """Answer every pending message of ``contact``, oldest first, under the contact's lease."""
     bot: Bot = context.additional_context["bot"]
+    # timeout=0: a busy contact raises ThreadBusy at once. The job then defers a drain for
+    # later (none if one waits already) and ends; a procrastinate retry would set this job
+    # back to 'todo', which the queueing_lock index refuses (UniqueViolation) when another
+    # drain of the contact was deferred while this one ran.
+    try:
+        async with bot.lock.hold(f"contact:{contact}", ttl=bot.ttl, timeout=0) as lease:
+            return await _answer_pending(bot, contact, lease)
+    except threadlock.ThreadBusy as busy:  # only the acquire raises it
+        await defer_drain(context.app, contact, delay=min(busy.retry_after, MAX_BUSY_DELAY))
+        return 0
+
+
+async def _answer_pending(bot: Bot, contact: str, lease: threadlock.Lease) -> int:
     answered = 0
-    # timeout=0: a busy contact raises ThreadBusy at once, and BusyRetry schedules a retry.
-    async with (
-        bot.lock.hold(f"contact:{contact}", ttl=bot.ttl, timeout=0) as lease,
-        await psycopg.AsyncConnection.connect(bot.dsn, autocommit=True) as conn,
-    ):
+    async with await psycopg.AsyncConnection.connect(bot.dsn, autocommit=True) as conn:
         while True:
             cur = await conn.execute(
                 "UPDATE bot_inbox SET started_at = clock_timestamp() WHERE id = ("

@@ -15,7 +15,10 @@ TestMemoryConformance = backend_conformance(MemoryThreadLock, anyio_backends=("a
 
 
 class _Memory:
-    """A fresh memory backend; it keeps entries in the instance, so there is no ``reopen``."""
+    """A fresh memory backend; it keeps entries in the instance, so there is no ``reopen``
+    (and the suites leave out the tests that need one)."""
+
+    keeps_entries_in_instance = True
 
     @pytest.fixture(params=["asyncio", "trio"])
     def anyio_backend(self, request: pytest.FixtureRequest) -> str:

@@ -6,6 +6,7 @@ import itertools
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
@@ -60,7 +61,11 @@ async def lock() -> AsyncIterator[MemoryThreadLock]:
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[Any]:
-    return [r for r in caplog.records if getattr(r, "event", None) == name]
+    """The ``name`` events this test logged. caplog sees every thread of the process, and
+    under xdist a worker's earlier tests may leave a thread at work (the sync face's loop,
+    a pool): only the test's own thread's records are its own."""
+    me = threading.get_ident()
+    return [r for r in caplog.records if getattr(r, "event", None) == name and r.thread == me]
 
 
 class Recorder(Observer):
@@ -291,12 +296,19 @@ async def test_the_fast_path_arms_no_timer(
     original_init = base_module._WaitReport.__init__
     original_arm = base_module._WaitReport.arm
 
+    # The patched class is the process's: record only the reports of this test's own
+    # thread and lock (an earlier test of this xdist worker may leave a thread acquiring).
+    me = threading.get_ident()
+    keys = {"k", "free"}
+
     def init(self: Any, *args: Any) -> None:
-        built.append(self)
         original_init(self, *args)
+        if threading.get_ident() == me and self._key in keys:
+            built.append(self)
 
     def arm(self: Any) -> None:
-        armed.append(self)
+        if threading.get_ident() == me and self._key in keys:
+            armed.append(self)
         original_arm(self)
 
     monkeypatch.setattr(base_module._WaitReport, "__init__", init)

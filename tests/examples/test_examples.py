@@ -22,11 +22,14 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import procrastinate
+import procrastinate.jobs
 import psycopg
 import pytest
 from tests._servers.postgres_server import PostgresServer, ServerUnavailable
 
 from threadlock import MemoryThreadLock
+from threadlock.backends.postgres import PostgresThreadLock
 from threadlock.testing import FakeOpenAI
 
 pytestmark = pytest.mark.anyio
@@ -518,6 +521,44 @@ def test_pg_queue_script_demo(queue_dsn: str) -> None:
     assert '"answered": 20' in done.stdout
     assert '"out_of_order": 0' in done.stdout
     assert "Traceback" not in done.stderr
+
+
+async def test_pg_queue_busy_drain_ends_beside_a_waiting_one(queue_dsn: str) -> None:
+    """A drain that finds its contact held, while another drain of the contact waits (the
+    sweep or a webhook deferred it meanwhile), ends and leaves that one waiting: it must not
+    go back to 'todo' itself, which the queueing_lock index refuses (UniqueViolation)."""
+    example = load("pg_job_queue")
+    await example.setup(queue_dsn)
+    app = example.make_app(queue_dsn)
+    async with (
+        app.open_async(),
+        PostgresThreadLock.from_url(queue_dsn) as lock,
+        await psycopg.AsyncConnection.connect(queue_dsn, autocommit=True) as conn,
+    ):
+        holder = await lock.acquire("contact:alice", ttl=30)
+        await example.defer_drain(app, "alice")  # the drain that waits: status 'todo'
+        worker_id = await app.job_manager.register_worker()
+        running = await app.job_manager.fetch_job(queues=None, worker_id=worker_id)
+        assert running is not None  # it runs now: status 'doing'
+        await example.defer_drain(app, "alice")  # deferred while it runs
+        bot = example.Bot(queue_dsn, lock, None, 10.0, "test")
+        context = procrastinate.JobContext(
+            app=app,
+            job=running,
+            start_timestamp=time.time(),
+            additional_context={"bot": bot},
+            abort_reason=lambda: None,
+        )
+        assert await example.drain(context, "alice") == 0  # busy: ends, no exception
+        await app.job_manager.finish_job(
+            running, procrastinate.jobs.Status.SUCCEEDED, delete_job=False
+        )
+        await app.job_manager.unregister_worker(worker_id)
+        cur = await conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1 ORDER BY 1"
+        )
+        assert await cur.fetchall() == [("succeeded", 1), ("todo", 1)]
+        assert await lock.release(holder)
 
 
 def _worker(dsn: str, *, concurrency: int, ttl: float) -> subprocess.Popen[str]:

@@ -6,6 +6,7 @@ Redis is a private server (tests/_servers); the OpenAI side is FakeOpenAI behind
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
@@ -339,3 +340,39 @@ def test_a_lock_used_before_a_fork_works_in_the_child(redis_url: str, prefix: st
         after = lock.acquire("forked", ttl=10, timeout=5)
         assert after.fence > fence
         lock.release(after)
+
+
+def _child_collects_then_holds(lock: SyncThreadLock, key: str, out: Any, release: Any) -> None:
+    gc.collect()  # whatever the child dropped of its parent's is finalised now, not by chance
+    _child_holds(lock, key, out, release)
+
+
+def test_a_child_that_collects_garbage_leaves_the_parents_connections_working(
+    redis_url: str, prefix: str
+) -> None:
+    """The parent's sockets and event loop are shared with the child by the fork: whatever
+    the child drops of them must never be finalised there (a StreamWriter's finaliser would
+    unregister the socket from the epoll set both processes share, and the parent would
+    wait for a reply it is no longer told about)."""
+    with threadlock.sync.from_url(redis_url, prefix=prefix, socket_timeout=5) as lock:
+        before = lock.acquire("forked", ttl=10)  # a pooled connection, registered in epoll
+        lock.release(before)
+        context = multiprocessing.get_context("fork")
+        out = context.Queue()
+        release = context.Event()
+        child = context.Process(
+            target=_child_collects_then_holds, args=(lock, "forked", out, release)
+        )
+        child.start()
+        try:
+            pid, fence = out.get(timeout=30)
+            info = lock.inspect("forked")  # on the connection the parent used before
+            assert info is not None
+            assert (info.fence, f":{pid}:" in info.owner) == (fence, True)
+            release.set()
+            assert out.get(timeout=30) == ("done", True)
+        finally:
+            release.set()
+            child.join(30)
+        assert child.exitcode == 0
+        assert lock.inspect("forked") is None

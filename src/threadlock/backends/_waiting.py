@@ -11,7 +11,11 @@
   id. :meth:`WakeHub.deliver` hands a grant only to the waiter registered under that key AND
   that id; a wake-up by id alone (:meth:`WakeHub.wake_id`) only makes a waiter re-check.
 * :func:`on_fork`: backends register here to drop, in a forked child, what belongs to the
-  parent (its listener or pub/sub connection, its waiters).
+  parent (its listener or pub/sub connection, its waiters). What they drop goes to
+  :func:`inherit`: kept for the child's life, never closed nor finalised there. Its sockets
+  are the parent's, and an asyncio transport finalised in the child would take its socket
+  out of the epoll set that both processes share, so the parent would wait for replies it
+  is no longer told about.
 
 Each backend supplies only its attempt, its abandon and its notifier (pub/sub on Redis,
 LISTEN/NOTIFY on Postgres). The waiters run on asyncio (redis-py's and psycopg's async
@@ -26,7 +30,7 @@ import secrets
 import weakref
 from typing import Protocol
 
-__all__ = ["Grant", "TokenFactory", "Waiter", "WakeHub", "forks", "on_fork"]
+__all__ = ["Grant", "TokenFactory", "Waiter", "WakeHub", "forks", "inherit", "on_fork"]
 
 #: What a hand-off gives a waiter: fence, acquired at, expires at (the unit is the backend's).
 Grant = tuple[int, float, float]
@@ -58,6 +62,18 @@ if hasattr(os, "register_at_fork"):
 def forks() -> int:
     """How many forks this process descends from since this module was imported."""
     return _forked[0]
+
+
+#: What a forked child inherited from its parent and dropped (see :func:`inherit`).
+_INHERITED: list[object] = []
+
+
+def inherit(*objects: object) -> None:
+    """In a forked child: keep ``objects`` (the parent's connections, pools, tasks, loop)
+    alive for the life of the process, so that nothing of them is ever closed or finalised
+    here. A dropped asyncio stream's finaliser closes its transport, which unregisters the
+    socket from the parent's epoll instance, shared by the fork."""
+    _INHERITED.extend(obj for obj in objects if obj is not None)
 
 
 def on_fork(instance: _ForkAware) -> None:

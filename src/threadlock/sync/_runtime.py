@@ -117,7 +117,9 @@ async def _named(name: str, func: Callable[..., Awaitable[T]], args: tuple[Any, 
 def _after_fork_in_child() -> None:
     global _portal, _generation, _mutex, _loop  # noqa: PLW0603 - reset for the child process
     # The parent's loop thread does not exist here, and its lock may have been held by
-    # another thread at the fork.
+    # another thread at the fork. Its loop and portal are kept, never finalised here: their
+    # transports and selector are the parent's (see threadlock.backends._waiting.inherit).
+    _kept.extend(obj for obj in (_loop, _portal) if obj is not None)
     _mutex = threading.Lock()
     _portal = None
     _loop = None

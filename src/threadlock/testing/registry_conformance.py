@@ -20,10 +20,13 @@ chain head moves only under a live lease), so the ``lock`` fixture yields a back
             return lambda: MyBackend.from_url(server_url, prefix=namespace)
 
 Every test gets a fresh, empty ``lock``. ``reopen`` returns a callable that opens another
-instance on the same store, as an async context manager; the default (``None``) says the
-backend keeps its entries in the instance, as the memory backend does, and the tests that
-need a second instance skip with that reason. Like :class:`BackendConformance`, the suites
-need pytest and anyio's pytest plugin and assert behaviour, never speed.
+instance on the same store, as an async context manager. A backend that keeps its entries
+in the instance, as the memory backend does, has no such store: it declares
+``keeps_entries_in_instance = True`` and gives no ``reopen``. The durability tests (entries
+outliving the instance that wrote them) are then not part of its suite at all, and
+``test_declares_whether_it_can_reopen`` checks that the declaration and the fixture agree.
+Like :class:`BackendConformance`, the suites need pytest and anyio's pytest plugin and
+assert behaviour, never speed.
 """
 
 from __future__ import annotations
@@ -75,20 +78,41 @@ class _SharedStore:
         raise NotImplementedError("override the `lock` fixture")
         yield  # pragma: no cover
 
+    #: True for a backend without a store outside the instance (no ``reopen``): its suite
+    #: leaves out the tests named in ``_NEED_REOPEN``.
+    keeps_entries_in_instance: ClassVar[bool] = False
+    #: The tests that need a second instance on the same store.
+    _NEED_REOPEN: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.keeps_entries_in_instance:
+            for name in cls._NEED_REOPEN:
+                setattr(cls, name, None)  # not collected: not a test of this backend
+
     @pytest.fixture
     def reopen(self) -> Reopen | None:
         """Override: a callable opening another instance on the same store, or ``None``."""
         return None
 
+    async def test_declares_whether_it_can_reopen(self, reopen: Reopen | None) -> None:
+        if self.keeps_entries_in_instance:
+            assert reopen is None, "keeps_entries_in_instance = True, yet a `reopen` fixture"
+        else:
+            assert reopen is not None, (
+                "no `reopen` fixture: override it, or declare keeps_entries_in_instance = True"
+            )
+
     @staticmethod
     def _need(reopen: Reopen | None) -> Reopen:
-        if reopen is None:
-            pytest.skip("the backend keeps its entries in the instance (no `reopen` fixture)")
+        assert reopen is not None  # see test_declares_whether_it_can_reopen
         return reopen
 
 
 class RegistryConformance(_SharedStore):
     """The :class:`~threadlock.RunRegistry` tests; subclass it and override :meth:`lock`."""
+
+    _NEED_REOPEN = ("test_entries_survive_the_instance_that_wrote_them",)
 
     async def test_is_a_run_registry(self, lock: Any) -> None:
         assert isinstance(lock, RunRegistry)
@@ -192,6 +216,8 @@ class RegistryConformance(_SharedStore):
 
 class ChainConformance(_SharedStore):
     """The :class:`~threadlock.ChainStore` tests; subclass it and override :meth:`lock`."""
+
+    _NEED_REOPEN = ("test_heads_survive_the_instance_that_wrote_them",)
 
     async def test_is_a_chain_store(self, lock: Any) -> None:
         assert isinstance(lock, ChainStore)

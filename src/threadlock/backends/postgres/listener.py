@@ -17,7 +17,7 @@ import anyio
 import psycopg
 from psycopg import sql
 
-from threadlock.backends._waiting import WakeHub
+from threadlock.backends._waiting import WakeHub, inherit
 
 __all__ = ["Listener"]
 
@@ -71,7 +71,9 @@ class Listener:
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's task, connection and waiters without
-        closing anything (the connection is the parent's); the child listens anew."""
+        closing anything (the connection is the parent's, :func:`.inherit`-ed: a psycopg
+        connection finalised here would end the parent's session); the child listens anew."""
+        inherit(self._task, self._conn)
         self._task = None
         self._conn = None
         self.hub.forget_all()

@@ -15,13 +15,10 @@ import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
 from threadlock._deadline import bounded_call
+from threadlock.backends._waiting import inherit
 from threadlock.errors import BackendError
 
 __all__ = ["Connections"]
-
-#: Pools a forked child inherited open from its parent. Kept, never closed nor collected, in
-#: the child: closing one of their connections would end the parent's session.
-_INHERITED: list[AsyncConnectionPool[Any]] = []
 
 
 class Connections:
@@ -110,7 +107,7 @@ class Connections:
         if not (self.owns_pool and self._opened):
             return
         old = self.pool
-        _INHERITED.append(old)
+        inherit(old)  # never closed nor finalised here: that would end the parent's sessions
         self.pool = AsyncConnectionPool(
             old.conninfo,
             open=False,

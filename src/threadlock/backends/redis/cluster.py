@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
+from threadlock.backends._waiting import inherit
 from threadlock.errors import BackendError
 
 
@@ -73,26 +73,25 @@ def new_pubsub(client: aioredis.Redis | RedisCluster, channel: str) -> PubSub:
     return client.pubsub()
 
 
-#: The parent's connections in a forked child: kept alive, never closed nor collected here.
-#: Closing one would unregister its socket from the parent's epoll instance, which parent and
-#: child share, and the parent would stop reading that socket.
-_INHERITED: list[list[Any]] = []
-
-
 def forget_connections(client: aioredis.Redis | RedisCluster) -> None:
     """In a forked child: drop the parent's pooled connections without closing them (their
     sockets are the parent's, and so is the event loop they belong to); the child connects
-    anew on first use."""
+    anew on first use. The dropped connections are :func:`.inherit`-ed: kept, never
+    finalised in the child."""
     if isinstance(client, RedisCluster):
         for node in client.get_nodes():
-            _INHERITED.append(list(getattr(node, "_connections", [])))
             free = getattr(node, "_free", None)
             if free is not None:
+                inherit(list(free))
                 free.clear()
             if isinstance(getattr(node, "_connections", None), list):
+                inherit(node._connections)
                 node._connections = []
         return
     pool = client.connection_pool
-    _INHERITED.append([*pool._available_connections, *pool._in_use_connections])
+    inherit(
+        list(getattr(pool, "_available_connections", ())),
+        list(getattr(pool, "_in_use_connections", ())),
+    )
     pool.reset()  # type: ignore[no-untyped-call]
     pool._lock = asyncio.Lock()  # a parent's waiter may have bound it to the parent's loop

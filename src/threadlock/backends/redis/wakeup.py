@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
-from threadlock.backends._waiting import Grant, Waiter
+from threadlock.backends._waiting import Grant, Waiter, inherit
 from threadlock.backends._waiting import WakeHub as _WakeHub
 from threadlock.backends.redis.cluster import new_pubsub, refresh_slots, subscriber_name
 from threadlock.backends.redis.keys import text
@@ -327,7 +327,9 @@ class PubSubHub(_WakeHub):
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's waiters, subscribers and timers without
-        touching their connections (the parent's); the child subscribes anew when it waits."""
+        touching their connections (the parent's, :func:`.inherit`-ed: never finalised in
+        the child); the child subscribes anew when it waits."""
+        inherit(self._subscribers, self._unsubscribing, self._idle_sweep)
         self.forget_all()
         self._subscribers = {}
         self._unsubscribing = set()

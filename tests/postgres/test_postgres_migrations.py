@@ -16,7 +16,8 @@ CURRENT_FUNCTIONS = {
     ("_acquire", 9),
     ("_release", 4),
     ("_extend", 3),
-    ("_advance_chain", 4),
+    ("_advance_chain", 4),  # schema version 4's signature, a wrapper (rolling upgrades)
+    ("_advance_chain", 5),
 }
 
 
@@ -83,6 +84,56 @@ async def test_a_version_2_schema_upgrades_and_drops_the_retired_helpers(
             "SELECT version FROM threadlock_schema_version WHERE table_name = %s", (pg_table,)
         )
         assert await cur.fetchall() == [(SCHEMA_VERSION,)]
+
+
+@pytest.mark.anyio
+async def test_a_version_4_schema_upgrades_and_keeps_its_runs_and_chains(
+    pg_dsn: str, pg_table: str
+) -> None:
+    """Migration 5 (issue 18, defect 6): rows of before get a tracked_at and stay readable."""
+    runs = sql.Identifier(pg_table + "_runs")
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
+        await lock.create_schema()
+        lease = await lock.acquire("chain", ttl=60.0)
+        assert await lock.advance_chain(lease, None, "resp_1")
+        # Back to what version 4 had: no tracked_at, no bound indexes, the 4-argument advance.
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN tracked_at").format(runs))
+            await conn.execute(
+                sql.SQL("DROP INDEX {}").format(sql.Identifier(pg_table + "_chains_updated"))
+            )
+            await conn.execute(
+                sql.SQL("DROP FUNCTION {}(text, text, text, text, double precision)").format(
+                    sql.Identifier(pg_table + "_advance_chain")
+                )
+            )
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (key, run_id, kind, thread_id, created_at, fence, owner)"
+                    " VALUES ('chain', 'run_v4', 'run', 'thread_1', 1.0, 1, 'w')"
+                ).format(runs)
+            )
+            await conn.execute(
+                "UPDATE threadlock_schema_version SET version = 4 WHERE table_name = %s",
+                (pg_table,),
+            )
+        await lock.create_schema()
+        assert await _functions(pg_dsn, pg_table) == CURRENT_FUNCTIONS
+        assert [r.run_id for r in await lock.tracked_runs("chain")] == ["run_v4"]
+        assert await lock.chain_head("chain") == "resp_1"
+        assert await lock.advance_chain(lease, "resp_1", "resp_2")
+        assert await lock.release(lease)
+        indexed = await _rows(
+            pg_dsn,
+            "SELECT t.relname, a.attname FROM pg_index i"
+            " JOIN pg_class t ON t.oid = i.indrelid"
+            " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]"
+            " WHERE t.relname IN (%s, %s) AND i.indnatts = 1",
+            (pg_table + "_runs", pg_table + "_chains"),
+        )
+        assert {(pg_table + "_runs", "tracked_at"), (pg_table + "_chains", "updated_at")} <= set(
+            indexed
+        )
 
 
 # -- defect 4 of issue 15: the sweep is indexed and off the key's advisory lock --------------

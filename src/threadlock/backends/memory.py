@@ -318,6 +318,16 @@ class MemoryThreadLock(BaseThreadLock):
 
     # -- run registry and chain heads (RunRegistry, ChainStore) --------------------------------
 
+    @property
+    def registry_ttl(self) -> float:
+        """Seconds a key's run registry is kept after its last ``track_run``."""
+        return self._registry_ttl
+
+    @property
+    def chain_ttl(self) -> float:
+        """Seconds a chain head is kept after its last ``advance_chain``."""
+        return self._chain_ttl
+
     async def track_run(self, record: RunRecord) -> None:
         """Record a run or background response; see :class:`threadlock.RunRegistry`."""
         if not isinstance(record, RunRecord):

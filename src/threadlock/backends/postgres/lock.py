@@ -49,7 +49,13 @@ from psycopg_pool import AsyncConnectionPool
 from threadlock._lease import Lease, LockInfo
 from threadlock._validate import check_positive
 from threadlock.backends._waiting import Grant, TokenFactory, on_fork
-from threadlock.backends.base import DEFAULT_GRACE, BaseThreadLock
+from threadlock.backends.base import (
+    DEFAULT_CHAIN_TTL,
+    DEFAULT_GRACE,
+    DEFAULT_REGISTRY_TTL,
+    BaseThreadLock,
+    check_registry_ttls,
+)
 from threadlock.backends.postgres import schema as _schema
 from threadlock.backends.postgres.listener import Listener
 from threadlock.backends.postgres.pool import Connections
@@ -76,7 +82,8 @@ _MIN_RETRY_AFTER = 0.001
 _MAX_TTL = 1e11
 _SCHEMES = ("postgresql", "postgres")
 #: One uncontended grant in this many starts a sweep (a statement of its own, in the
-#: background): expired leases of keys nobody touches again and dead waiter rows go away.
+#: background): expired leases of keys nobody touches again, dead waiter rows, and run rows
+#: and chain heads past registry_ttl / chain_ttl go away.
 _SWEEP_EVERY = 16
 
 
@@ -163,6 +170,10 @@ class PostgresThreadLock(BaseThreadLock):
             undo a release that nothing synchronous followed (the key then stays held until
             its TTL). ``False`` makes every statement use the server's setting. It has no
             effect on ``UNLOGGED`` lease tables (see the docs).
+        registry_ttl: seconds a run row is kept after it was first tracked (at least 600,
+            the longest an OpenAI run lives; one day by default), as on Redis and memory.
+        chain_ttl: seconds a chain head is kept after its last ``advance_chain`` (30 days
+            by default). Reads skip rows past their bound; the background sweep deletes them.
         observer: where this lock reports what it does (see :mod:`threadlock.observe`).
     """
 
@@ -180,6 +191,8 @@ class PostgresThreadLock(BaseThreadLock):
         listen_idle: float = 60.0,
         statement_timeout: float = 30.0,
         relaxed_commit: bool = True,
+        registry_ttl: float = DEFAULT_REGISTRY_TTL,
+        chain_ttl: float = DEFAULT_CHAIN_TTL,
         observer: Observer | None = None,
         owns_pool: bool = False,
     ) -> None:
@@ -197,6 +210,7 @@ class PostgresThreadLock(BaseThreadLock):
         if not isinstance(listen_idle, (int, float)) or not listen_idle > 0:
             raise ValueError(f"listen_idle must be a number > 0, got {listen_idle!r}")
         self._statement_timeout = check_positive(statement_timeout, "statement_timeout")
+        self._registry_ttl, self._chain_ttl = check_registry_ttls(registry_ttl, chain_ttl)
         self._db = Connections(
             pool,
             owns_pool=owns_pool,
@@ -227,7 +241,13 @@ class PostgresThreadLock(BaseThreadLock):
             float(listen_idle),
         )
         self._sql = Statements(self._table, self._schema)
-        self._registry = Registry(self._execute, self._sql, self._check_open)
+        self._registry = Registry(
+            self._execute,
+            self._sql,
+            self._check_open,
+            registry_ttl=self._registry_ttl,
+            chain_ttl=self._chain_ttl,
+        )
         self._grants = 0
         self._sweeping: asyncio.Task[None] | None = None
         on_fork(self)
@@ -279,6 +299,16 @@ class PostgresThreadLock(BaseThreadLock):
     def schema(self) -> str | None:
         """The schema of the backend's objects, or ``None`` for the ``search_path``."""
         return self._schema
+
+    @property
+    def registry_ttl(self) -> float:
+        """Seconds a run row is kept after it was first tracked."""
+        return self._registry_ttl
+
+    @property
+    def chain_ttl(self) -> float:
+        """Seconds a chain head is kept after its last ``advance_chain``."""
+        return self._chain_ttl
 
     @property
     def channel(self) -> str:
@@ -377,8 +407,10 @@ class PostgresThreadLock(BaseThreadLock):
         )
 
     async def _sweep(self) -> None:
+        """Expired leases and dead waiters, then run rows and chain heads past their bound."""
         try:
             await self._execute(self._sql.sweep)
+            await self._registry.sweep()
         except Exception:  # the next sweep tries again; nothing waits for this one
             logger.debug("threadlock postgres sweep failed", exc_info=True)
 

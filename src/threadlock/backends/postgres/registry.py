@@ -41,16 +41,30 @@ class Registry:
         execute: runs one statement (the backend's :meth:`Connections.execute`).
         statements: the backend's rendered statements.
         check_open: raises if the backend is closed; called after the arguments are checked.
+        registry_ttl: seconds a run row is kept after it was first tracked.
+        chain_ttl: seconds a chain head is kept after its last advance.
     """
 
-    __slots__ = ("_check_open", "_execute", "_sql")
+    __slots__ = ("_chain_ttl", "_check_open", "_execute", "_registry_ttl", "_sql")
 
     def __init__(
-        self, execute: Execute, statements: Statements, check_open: Callable[[], None]
+        self,
+        execute: Execute,
+        statements: Statements,
+        check_open: Callable[[], None],
+        *,
+        registry_ttl: float,
+        chain_ttl: float,
     ) -> None:
         self._execute = execute
         self._sql = statements
         self._check_open = check_open
+        self._registry_ttl = registry_ttl
+        self._chain_ttl = chain_ttl
+
+    async def sweep(self) -> None:
+        """Delete the run rows and chain heads past their bound (one statement)."""
+        await self._execute(self._sql.sweep_registry, (self._registry_ttl, self._chain_ttl))
 
     async def track_run(self, record: RunRecord) -> None:
         if not isinstance(record, RunRecord):
@@ -80,15 +94,15 @@ class Registry:
             check_key(key)
         self._check_open()
         if key is None:
-            rows = await self._execute(self._sql.tracked_all, None)
+            rows = await self._execute(self._sql.tracked_all, (self._registry_ttl,))
         else:
-            rows = await self._execute(self._sql.tracked_key, (key,))
+            rows = await self._execute(self._sql.tracked_key, (key, self._registry_ttl))
         return [_record(row) for row in rows]
 
     async def chain_head(self, key: str) -> str | None:
         check_key(key)
         self._check_open()
-        rows = await self._execute(self._sql.chain_head, (key,))
+        rows = await self._execute(self._sql.chain_head, (key, self._chain_ttl))
         return str(rows[0][0]) if rows else None
 
     async def advance_chain(self, lease: Lease, expected: str | None, new: str) -> bool:
@@ -98,5 +112,7 @@ class Registry:
         self._check_open()
         if forged(lease):
             return False
-        rows = await self._execute(self._sql.advance_chain, (lease.key, lease.token, expected, new))
+        rows = await self._execute(
+            self._sql.advance_chain, (lease.key, lease.token, expected, new, self._chain_ttl)
+        )
         return bool(rows[0][0])

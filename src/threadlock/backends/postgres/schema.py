@@ -169,6 +169,8 @@ async def _apply(
         "waiters_alive_index": sql.Identifier(f"{table}_w_alive"),  # migration 4
         "leases_expires_index": sql.Identifier(f"{table}_expires"),  # migration 4
         "runs_order_index": sql.Identifier(f"{table}_runs_order"),  # migration 4
+        "runs_tracked_index": sql.Identifier(f"{table}_runs_tracked"),  # migration 5
+        "chains_updated_index": sql.Identifier(f"{table}_chains_updated"),  # migration 5
         "acquire": name("_acquire"),
         "release": name("_release"),
         "extend": name("_extend"),

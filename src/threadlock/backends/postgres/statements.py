@@ -59,6 +59,7 @@ class Statements:
         "inspect",
         "release",
         "sweep",
+        "sweep_registry",
         "track",
         "tracked_all",
         "tracked_key",
@@ -70,6 +71,10 @@ class Statements:
             return object_name(table, suffix, schema)
 
         leases, waiters, runs = name(""), name("_waiters"), name("_runs")
+        chains = name("_chains")
+        # A run row lives registry_ttl s after it was first tracked, a chain head chain_ttl s
+        # after its last advance; the bound is this parameter (seconds), never in the text.
+        kept = sql.SQL("> clock_timestamp() - make_interval(secs => %s::float8)")
         self.acquire = _render(
             sql.SQL(
                 "SELECT * FROM {}(%s::text, %s::text, %s::text, %s::text, %s::float8,"
@@ -82,6 +87,14 @@ class Statements:
             )
         )
         self.sweep = _render(sql.SQL("SELECT {}(clock_timestamp())").format(name("_sweep")))
+        self.sweep_registry = _render(
+            sql.SQL(
+                "WITH runs AS (DELETE FROM {runs} WHERE tracked_at"
+                " <= clock_timestamp() - make_interval(secs => %s::float8))"
+                " DELETE FROM {chains} WHERE updated_at"
+                " <= clock_timestamp() - make_interval(secs => %s::float8)"
+            ).format(runs=runs, chains=chains)
+        )
         self.extend = _render(
             sql.SQL("SELECT * FROM {}(%s::text, %s::text, %s::float8)").format(name("_extend"))
         )
@@ -109,16 +122,22 @@ class Statements:
             sql.SQL("DELETE FROM {} WHERE key = %s::text AND run_id = %s::text").format(runs)
         )
         self.tracked_key = _render(
-            sql.SQL("SELECT {} FROM {} WHERE key = %s::text ORDER BY seq").format(record, runs)
+            sql.SQL("SELECT {} FROM {} WHERE key = %s::text AND tracked_at {} ORDER BY seq").format(
+                record, runs, kept
+            )
         )
         self.tracked_all = _render(
-            sql.SQL("SELECT {} FROM {} ORDER BY created_at, seq").format(record, runs)
+            sql.SQL("SELECT {} FROM {} WHERE tracked_at {} ORDER BY created_at, seq").format(
+                record, runs, kept
+            )
         )
         self.chain_head = _render(
-            sql.SQL("SELECT head FROM {} WHERE key = %s::text").format(name("_chains"))
+            sql.SQL("SELECT head FROM {} WHERE key = %s::text AND updated_at {}").format(
+                chains, kept
+            )
         )
         self.advance_chain = _render(
-            sql.SQL("SELECT {}(%s::text, %s::text, %s::text, %s::text)").format(
+            sql.SQL("SELECT {}(%s::text, %s::text, %s::text, %s::text, %s::float8)").format(
                 name("_advance_chain")
             )
         )

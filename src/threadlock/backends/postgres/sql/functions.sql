@@ -245,7 +245,7 @@ $threadlock$
 -- while the lease with token p_token is live. Under the key's advisory lock, so the lease
 -- cannot be released, expire into someone else's hands or be extended meanwhile.
 CREATE OR REPLACE FUNCTION {advance_chain}(
-    p_key text, p_token text, p_expected text, p_new text)
+    p_key text, p_token text, p_expected text, p_new text, p_ttl double precision)
 RETURNS boolean LANGUAGE plpgsql AS $threadlock$
 DECLARE
     v_now timestamptz;
@@ -258,6 +258,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    IF p_ttl IS NOT NULL THEN  -- a head past chain_ttl is gone: the chain starts anew
+        DELETE FROM {chains} c
+         WHERE c.key = p_key AND c.updated_at <= v_now - make_interval(secs => p_ttl);
+    END IF;
     IF p_expected IS NULL THEN
         INSERT INTO {chains} (key, head, fence, updated_at)
         VALUES (p_key, p_new, v_fence, v_now)
@@ -268,4 +272,11 @@ BEGIN
     END IF;
     RETURN FOUND;
 END
+$threadlock$
+--;
+-- Schema version 4's signature, for instances of before a rolling upgrade: no bound.
+CREATE OR REPLACE FUNCTION {advance_chain}(
+    p_key text, p_token text, p_expected text, p_new text)
+RETURNS boolean LANGUAGE sql AS $threadlock$
+    SELECT {advance_chain}(p_key, p_token, p_expected, p_new, NULL::double precision)
 $threadlock$

@@ -17,7 +17,7 @@ A strategy (queue, coalesce, ...) never lives in a store: it only chooses among 
 
 Lookup (:func:`store_for`): a lock whose class has a public ``inbox_store()`` method gets its
 store from it (a third-party backend's way in); otherwise a store registered for the lock's
-type with :func:`register_store` (the memory and Redis stores are registered here).
+type with :func:`register_store` (the memory, Redis and Postgres stores are found here).
 """
 
 from __future__ import annotations
@@ -154,6 +154,11 @@ def _builtin(lock: object) -> _Factory | None:
         from threadlock.inbox.redis import RedisInboxStore
 
         return RedisInboxStore.of
+    postgres_module = sys.modules.get("threadlock.backends.postgres.lock")
+    if postgres_module is not None and isinstance(lock, postgres_module.PostgresThreadLock):
+        from threadlock.inbox.postgres import PostgresInboxStore
+
+        return PostgresInboxStore.of
     return None
 
 

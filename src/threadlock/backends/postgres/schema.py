@@ -169,6 +169,18 @@ async def _apply(
         "waiters_alive_index": sql.Identifier(f"{table}_w_alive"),  # migration 4
         "leases_expires_index": sql.Identifier(f"{table}_expires"),  # migration 4
         "runs_order_index": sql.Identifier(f"{table}_runs_order"),  # migration 4
+        "inbox": name("_inbox"),  # migration 5
+        "inbox_dead": name("_inbox_dead"),
+        "inbox_seq": name("_inbox_seq"),
+        "inbox_seq_name": sql.Literal(f'"{schema}"."{table}_inbox_seq"'),
+        "inbox_pending_index": sql.Identifier(f"{table}_inbox_pending"),
+        "inbox_batch": name("_inbox_batch"),
+        "inbox_mine": name("_inbox_mine"),
+        "inbox_post": name("_inbox_post"),
+        "inbox_take": name("_inbox_take"),
+        "inbox_finish": name("_inbox_finish"),
+        "inbox_ack": name("_inbox_ack"),
+        "inbox_nack": name("_inbox_nack"),
         "acquire": name("_acquire"),
         "release": name("_release"),
         "extend": name("_extend"),

@@ -12,12 +12,12 @@ from tests.conftest import postgres_lock
 
 from threadlock import Inbox
 from threadlock.backends.postgres import PostgresThreadLock
-from threadlock.testing import InboxConformance
+from threadlock.testing import InboxRecoveryConformance
 
 ODD = "{a}b} ' \" ]] -- $$ $threadlock$ \\ % käse 🧀; DROP TABLE x; --"
 
 
-class TestPostgresInbox(InboxConformance):
+class TestPostgresInbox(InboxRecoveryConformance):
     @pytest.fixture
     async def lock(self, pg_dsn: str, pg_table: str) -> AsyncIterator[PostgresThreadLock]:
         async with postgres_lock(pg_dsn, pg_table, grace=1.0) as backend:

@@ -33,6 +33,7 @@ __all__ = [
     "InboxStore",
     "StoredDead",
     "StoredMessage",
+    "SweepableStore",
     "Taken",
     "register_store",
     "store_for",
@@ -122,6 +123,16 @@ class InboxStore(Protocol):
 
     async def dead_letters(self, key: str) -> list[StoredDead]:
         """The dead letters of ``key``, oldest first."""
+        ...
+
+
+@runtime_checkable
+class SweepableStore(Protocol):
+    """A store that crash recovery (:meth:`threadlock.Inbox.sweep`) can scan."""
+
+    async def stranded_keys(self, limit: int = 100) -> list[str]:
+        """Keys with a pending message and no live lease (at most ``limit``): their owner
+        died, or let its lease run out, before it finished."""
         ...
 
 

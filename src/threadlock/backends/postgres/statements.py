@@ -64,6 +64,7 @@ class Statements:
         "inbox_pending",
         "inbox_post",
         "inbox_stranded",
+        "inbox_summary",
         "inbox_take",
         "inspect",
         "release",
@@ -175,4 +176,13 @@ class Statements:
                 " (SELECT 1 FROM {leases} l WHERE l.key = i.key"
                 " AND l.expires_at > clock_timestamp()) ORDER BY i.key LIMIT %s::integer"
             ).format(inbox=inbox, leases=leases)
+        )
+        # Per key: pending messages and dead letters (``threadlock status --inbox``).
+        self.inbox_summary = _render(
+            sql.SQL(
+                "SELECT k.key, (SELECT count(*) FROM {inbox} i WHERE i.key = k.key AND i.pending),"
+                " (SELECT count(*) FROM {dead} d WHERE d.key = k.key)"
+                " FROM (SELECT key FROM {inbox} WHERE pending UNION SELECT key FROM {dead}) k"
+                " ORDER BY k.key LIMIT %s::integer"
+            ).format(inbox=inbox, dead=name("_inbox_dead"))
         )

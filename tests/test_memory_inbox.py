@@ -10,10 +10,10 @@ import pytest
 from threadlock import Inbox, MemoryThreadLock
 from threadlock.inbox import InboxStore, register_store, store_for
 from threadlock.inbox.memory import MemoryInboxStore
-from threadlock.testing import InboxConformance
+from threadlock.testing import InboxRecoveryConformance
 
 
-class TestMemoryInbox(InboxConformance):
+class TestMemoryInbox(InboxRecoveryConformance):
     @pytest.fixture(params=["asyncio", "trio"])
     def anyio_backend(self, request: pytest.FixtureRequest) -> str:
         return str(request.param)

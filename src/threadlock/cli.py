@@ -147,8 +147,43 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
 
 
+async def _inbox_rows(lock: BaseThreadLock) -> list[dict[str, object]] | None:
+    """Per key, the inbox's pending messages and dead letters; ``None`` if the backend's
+    inbox store cannot list them."""
+    from threadlock.inbox.store import store_for
+
+    try:
+        store = store_for(lock)
+    except TypeError:
+        return None
+    summary = getattr(store, "summary", None)
+    if summary is None:
+        return None
+    return [
+        {"key": key, "pending": pending, "dead_letters": dead}
+        for key, pending, dead in await summary()
+    ]
+
+
 async def _status(args: argparse.Namespace) -> int:
-    async with _backend(_shared_url(args.url, "status")) as lock:
+    options = {} if args.table is None else {"table": args.table}
+    async with _backend(_shared_url(args.url, "status"), **options) as lock:
+        if args.inbox:
+            inbox = await _inbox_rows(lock)
+            if inbox is None:
+                print(
+                    "threadlock: status --inbox needs a Postgres backend (not available "
+                    "on this one yet)",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            if args.json:
+                print(json.dumps(inbox, indent=2))
+            elif not inbox:
+                print("no inbox messages pending or dead")
+            else:
+                _print_table(inbox)
+            return EXIT_OK
         infos = await lock.held()
     rows = _status_rows(infos, time.time())
     if args.json:
@@ -307,11 +342,18 @@ def _parser() -> argparse.ArgumentParser:
             "from here it would see nothing."
         ),
         epilog="examples:\n  threadlock status --url redis://localhost:6379/0\n"
-        "  THREADLOCK_URL=postgresql://app@db/app threadlock status --json",
+        "  THREADLOCK_URL=postgresql://app@db/app threadlock status --json\n"
+        "  threadlock status --inbox --url postgresql://app@db/app",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--url", help="backend URL (default: from the environment)")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--inbox",
+        action="store_true",
+        help="list the inbox instead: pending messages and dead letters per key (Postgres)",
+    )
+    status.add_argument("--table", help="Postgres lease table (default: threadlock_leases)")
     status.set_defaults(handler=_status)
 
     recover = sub.add_parser(

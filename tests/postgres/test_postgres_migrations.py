@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from threadlock import Inbox
 from threadlock.backends.postgres import SCHEMA_VERSION, PostgresThreadLock
 from threadlock.backends.postgres.schema import MIGRATIONS
 
@@ -18,6 +19,13 @@ CURRENT_FUNCTIONS = {
     ("_extend", 3),
     ("_advance_chain", 4),  # schema version 4's signature, a wrapper (rolling upgrades)
     ("_advance_chain", 5),
+    ("_inbox_batch", 3),
+    ("_inbox_mine", 3),
+    ("_inbox_post", 5),
+    ("_inbox_take", 3),
+    ("_inbox_finish", 5),
+    ("_inbox_ack", 3),
+    ("_inbox_nack", 5),
 }
 
 
@@ -218,3 +226,68 @@ async def test_expired_leases_and_dead_waiters_of_idle_keys_are_still_swept(
                     if row[0] == 0:
                         break
                     await anyio.sleep(0.02)
+
+
+# -- migration 6 (issue 11): the inbox tables -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_version_5_schema_gains_the_inbox_and_keeps_its_leases(
+    pg_dsn: str, pg_table: str
+) -> None:
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table) as lock:
+        await lock.create_schema()
+        held = await lock.acquire("kept", ttl=60.0)
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            for suffix in ("_inbox", "_inbox_dead"):
+                await conn.execute(
+                    sql.SQL("DROP TABLE {}").format(sql.Identifier(pg_table + suffix))
+                )
+            await conn.execute(
+                sql.SQL("DROP SEQUENCE {}").format(sql.Identifier(pg_table + "_inbox_seq"))
+            )
+            await conn.execute(
+                "UPDATE threadlock_schema_version SET version = 5 WHERE table_name = %s",
+                (pg_table,),
+            )
+        await lock.create_schema()
+        info = await lock.inspect("kept")
+        assert info is not None
+        assert info.fence == held.fence
+        inbox = Inbox(lock)
+        async with inbox.turns("k", "after the upgrade") as turns:
+            answered = [m.payload async for batch in turns for m in batch.messages]
+        assert answered == ["after the upgrade"]
+        assert await lock.release(held)
+    rows = await _rows(
+        pg_dsn,
+        "SELECT version FROM threadlock_schema_version WHERE table_name = %s",
+        (pg_table,),
+    )
+    assert rows == [(str(SCHEMA_VERSION),)]
+    assert SCHEMA_VERSION == 6
+
+
+@pytest.mark.anyio
+async def test_the_inbox_release_boundary_calls_the_release_function(
+    pg_dsn: str, fresh_schema: str
+) -> None:
+    ((body,),) = await _rows(
+        pg_dsn, "SELECT pg_get_functiondef(%s::regproc)", (f'"{fresh_schema}_inbox_finish"',)
+    )
+    assert f"{fresh_schema}_release" in body
+    assert "DELETE FROM" not in body  # the lease row is deleted by the release function only
+
+
+@pytest.mark.anyio
+async def test_the_inbox_tables_are_logged_even_when_the_leases_are_not(
+    pg_dsn: str, pg_table: str
+) -> None:
+    async with PostgresThreadLock.from_url(pg_dsn, table=pg_table, unlogged=True) as lock:
+        await lock.create_schema()
+    rows = await _rows(
+        pg_dsn,
+        "SELECT relname, relpersistence FROM pg_class WHERE relname IN (%s, %s, %s)",
+        (pg_table, pg_table + "_inbox", pg_table + "_inbox_dead"),
+    )
+    assert dict(rows) == {pg_table: "u", pg_table + "_inbox": "p", pg_table + "_inbox_dead": "p"}

@@ -48,6 +48,8 @@ async def test_registry_tables_stay_logged_with_unlogged_leases(pg_dsn: str, pg_
         f"{pg_table}_waiters": "u",
         f"{pg_table}_runs": "p",
         f"{pg_table}_chains": "p",
+        f"{pg_table}_inbox": "p",
+        f"{pg_table}_inbox_dead": "p",
     }
 
 

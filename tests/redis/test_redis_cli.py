@@ -131,3 +131,10 @@ def test_recover_retries_show_progress(url: str, capsys: pytest.CaptureFixture[s
     assert code == EXIT_OK
     assert f"recover: list runs of {thread}: InternalServerError, retrying in" in err
     assert fake.run_status(orphan) == "cancelled"
+
+
+def test_status_inbox_is_refused_on_redis_for_now(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--inbox", "--url", url]) == 2
+    assert "status --inbox needs a Postgres backend" in capsys.readouterr().err

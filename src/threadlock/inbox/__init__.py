@@ -4,19 +4,21 @@
 ``memory`` and ``redis`` (the stores), ``api`` (:class:`Inbox`). Import from here.
 """
 
-from threadlock.inbox.api import Inbox, Turns
-from threadlock.inbox.store import InboxStore, register_store, store_for
+from threadlock.inbox.api import Handler, Inbox, Turns
+from threadlock.inbox.store import InboxStore, SweepableStore, register_store, store_for
 from threadlock.inbox.types import STRATEGIES, Batch, DeadLetter, InboxFull, Message, Strategy
 
 __all__ = [
     "STRATEGIES",
     "Batch",
     "DeadLetter",
+    "Handler",
     "Inbox",
     "InboxFull",
     "InboxStore",
     "Message",
     "Strategy",
+    "SweepableStore",
     "Turns",
     "register_store",
     "store_for",

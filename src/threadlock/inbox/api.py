@@ -18,8 +18,9 @@ The flow of one :meth:`Inbox.turns` call:
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -27,7 +28,7 @@ import anyio
 
 from threadlock._validate import check_key, check_positive, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
-from threadlock.inbox.store import InboxStore, StoredMessage, Taken, store_for
+from threadlock.inbox.store import InboxStore, StoredMessage, SweepableStore, Taken, store_for
 from threadlock.inbox.types import (
     STRATEGIES,
     Batch,
@@ -42,7 +43,12 @@ if TYPE_CHECKING:
     from threadlock._lease import Lease
     from threadlock.protocol import ThreadLock
 
-__all__ = ["Inbox", "Turns"]
+__all__ = ["Handler", "Inbox", "Turns"]
+
+#: What :meth:`Inbox.sweep` and :meth:`Inbox.serve` call with each batch they own.
+Handler = Callable[[Batch], Awaitable[object]]
+
+_log = logging.getLogger("threadlock.inbox")
 
 #: Seconds an acknowledgement or failed-attempt count may take while the caller is being
 #: cancelled (it is shielded, so its outcome is known).
@@ -114,6 +120,34 @@ class Inbox:
         key = check_key(key)
         payload = encode_payload(message, "message")
         message_id = uuid.uuid4().hex if id is None else check_key(id, "id")
+        return Turns(
+            self._run(
+                self._settings(
+                    key,
+                    message_id,
+                    payload,
+                    strategy,
+                    debounce,
+                    max_wait,
+                    max_batch,
+                    ttl,
+                    max_attempts,
+                )
+            )
+        )
+
+    def _settings(
+        self,
+        key: str,
+        message_id: str,
+        payload: str | None,
+        strategy: object,
+        debounce: float,
+        max_wait: float,
+        max_batch: int,
+        ttl: float,
+        max_attempts: int,
+    ) -> _Settings:
         if not isinstance(strategy, str):
             raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
         if strategy not in STRATEGIES:
@@ -122,7 +156,7 @@ class Inbox:
         max_wait_s = _check_seconds(max_wait, "max_wait")
         if max_wait_s < debounce_s:
             raise ValueError(f"max_wait must be >= debounce ({debounce_s}), got {max_wait!r}")
-        settings = _Settings(
+        return _Settings(
             key=key,
             message_id=message_id,
             payload=payload,
@@ -133,7 +167,6 @@ class Inbox:
             ttl=check_ttl(ttl),
             max_attempts=_check_count(max_attempts, "max_attempts"),
         )
-        return Turns(self._run(settings))
 
     async def pending(self, key: str) -> list[Message]:
         """The messages of ``key`` not acknowledged yet, in arrival order."""
@@ -144,13 +177,101 @@ class Inbox:
         dead = await self._store.dead_letters(check_key(key))
         return [DeadLetter(_message(d.message), d.message.attempts, d.died_at) for d in dead]
 
+    # -- crash recovery -------------------------------------------------------------------
+
+    async def stranded(self, limit: int = 100) -> list[str]:
+        """Keys with pending messages and no live lease (their owner died mid-batch)."""
+        return await self._sweepable().stranded_keys(_check_count(limit, "limit"))
+
+    def _sweepable(self) -> SweepableStore:
+        store = self._store
+        if not isinstance(store, SweepableStore):
+            raise TypeError(
+                f"the inbox store of this lock ({type(store).__name__}) has no stranded_keys(),"
+                " which sweep() and serve() need"
+            )
+        return store
+
+    async def sweep(
+        self,
+        handler: Handler,
+        *,
+        strategy: Strategy = "coalesce",
+        debounce: float = 1.5,
+        max_wait: float = 8.0,
+        max_batch: int = 20,
+        ttl: float = 30.0,
+        max_attempts: int = 3,
+        limit: int = 100,
+    ) -> int:
+        """One pass of crash recovery: for each key with pending messages and no live lease,
+        own it (without waiting; a key someone else took meanwhile is skipped) and call
+        ``await handler(batch)`` for each batch until nothing is pending, exactly as a
+        ``turns()`` owner does (ack on return, a failed attempt on an exception, fenced).
+
+        An exception from ``handler`` or a lost lease is logged (``threadlock.inbox``) and
+        the pass goes on with the next key; the batch stays pending with one more attempt.
+        Returns how many batches ``handler`` completed.
+        """
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        settings = self._settings(
+            "-", "-", None, strategy, debounce, max_wait, max_batch, ttl, max_attempts
+        )
+        done = 0
+        for key in await self._sweepable().stranded_keys(_check_count(limit, "limit")):
+            settings.key = key
+            try:
+                async with Turns(self._run(settings)) as turns:
+                    async for batch in turns:
+                        await handler(batch)
+                        done += 1
+            except (Exception, LeaseLost) as error:
+                _log.warning("inbox sweep: key %r: %r", key, error)
+        return done
+
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        interval: float = 1.0,
+        strategy: Strategy = "coalesce",
+        debounce: float = 1.5,
+        max_wait: float = 8.0,
+        max_batch: int = 20,
+        ttl: float = 30.0,
+        max_attempts: int = 3,
+    ) -> None:
+        """Run :meth:`sweep` every ``interval`` seconds until cancelled: start it in a
+        worker's task group (``tg.start_soon(inbox.serve, handler)``). A dead owner's
+        messages are picked up within its ``ttl`` plus ``interval`` (keep ``interval`` at
+        most the lock's ``grace``)."""
+        pause = check_positive(interval, "interval")
+        self._settings("-", "-", None, strategy, debounce, max_wait, max_batch, ttl, max_attempts)
+        while True:
+            await self.sweep(
+                handler,
+                strategy=strategy,
+                debounce=debounce,
+                max_wait=max_wait,
+                max_batch=max_batch,
+                ttl=ttl,
+                max_attempts=max_attempts,
+            )
+            await anyio.sleep(pause)
+
     # -- the owner's loop -------------------------------------------------------------------
 
     async def _run(self, s: _Settings) -> AsyncGenerator[Batch, None]:
         store = self._store
-        await store.append(
-            s.key, s.message_id, s.payload, max_pending=self._max_pending, entry_ttl=self._entry_ttl
-        )
+        if s.payload is not None:  # None: a sweep, which owns a key without posting
+            await store.append(
+                s.key,
+                s.message_id,
+                s.payload,
+                max_pending=self._max_pending,
+                entry_ttl=self._entry_ttl,
+            )
         hold = self._lock.hold(s.key, ttl=s.ttl, timeout=0)
         try:
             lease = await hold.__aenter__()
@@ -251,7 +372,7 @@ class _Settings:
         *,
         key: str,
         message_id: str,
-        payload: str,
+        payload: str | None,
         strategy: str,
         debounce: float,
         max_wait: float,

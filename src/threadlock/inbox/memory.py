@@ -180,3 +180,14 @@ class MemoryInboxStore:
         box = self._boxes.get(key)
         await anyio.lowlevel.checkpoint()
         return [] if box is None else list(box.dead)
+
+    async def stranded_keys(self, limit: int = 100) -> list[str]:
+        """See :meth:`threadlock.inbox.store.SweepableStore.stranded_keys`."""
+        found: list[str] = []
+        for key, box in list(self._boxes.items()):
+            if len(found) >= limit:
+                break
+            if box.pending and await self._lock.inspect(key) is None:
+                found.append(key)
+        await anyio.lowlevel.checkpoint()
+        return found

@@ -17,7 +17,7 @@ A strategy (queue, coalesce, ...) never lives in a store: it only chooses among 
 
 Lookup (:func:`store_for`): a lock whose class has a public ``inbox_store()`` method gets its
 store from it (a third-party backend's way in); otherwise a store registered for the lock's
-type with :func:`register_store` (the memory and Redis stores are registered here).
+type with :func:`register_store` (the memory, Redis and Postgres stores are found here).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "InboxStore",
     "StoredDead",
     "StoredMessage",
+    "SweepableStore",
     "Taken",
     "register_store",
     "store_for",
@@ -125,6 +126,16 @@ class InboxStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SweepableStore(Protocol):
+    """A store that crash recovery (:meth:`threadlock.Inbox.sweep`) can scan."""
+
+    async def stranded_keys(self, limit: int = 100) -> list[str]:
+        """Keys with a pending message and no live lease (at most ``limit``): their owner
+        died, or let its lease run out, before it finished."""
+        ...
+
+
 _Factory = Callable[[Any], InboxStore]
 _REGISTRY: dict[type, _Factory] = {}
 
@@ -154,6 +165,11 @@ def _builtin(lock: object) -> _Factory | None:
         from threadlock.inbox.redis import RedisInboxStore
 
         return RedisInboxStore.of
+    postgres_module = sys.modules.get("threadlock.backends.postgres.lock")
+    if postgres_module is not None and isinstance(lock, postgres_module.PostgresThreadLock):
+        from threadlock.inbox.postgres import PostgresInboxStore
+
+        return PostgresInboxStore.of
     return None
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from threadlock.testing.conformance import BackendConformance, backend_conformance
     from threadlock.testing.fake_openai import FakeOpenAI
-    from threadlock.testing.inbox_conformance import InboxConformance
+    from threadlock.testing.inbox_conformance import InboxConformance, InboxRecoveryConformance
     from threadlock.testing.registry_conformance import ChainConformance, RegistryConformance
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "ChainConformance",
     "FakeOpenAI",
     "InboxConformance",
+    "InboxRecoveryConformance",
     "RegistryConformance",
     "backend_conformance",
 ]
@@ -29,6 +30,7 @@ _WHERE = {
     "backend_conformance": "threadlock.testing.conformance",
     "FakeOpenAI": "threadlock.testing.fake_openai",
     "InboxConformance": "threadlock.testing.inbox_conformance",
+    "InboxRecoveryConformance": "threadlock.testing.inbox_conformance",
     "RegistryConformance": "threadlock.testing.registry_conformance",
     "ChainConformance": "threadlock.testing.registry_conformance",
 }

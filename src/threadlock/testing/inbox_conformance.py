@@ -36,8 +36,9 @@ import pytest
 
 from threadlock.errors import LeaseLost
 from threadlock.inbox import Batch, Inbox, InboxFull
+from threadlock.inbox.types import encode_payload
 
-__all__ = ["InboxConformance"]
+__all__ = ["InboxConformance", "InboxRecoveryConformance"]
 
 #: (keyword arguments of ``turns()`` beyond key and message, the argument the error names)
 BAD_TURNS: list[tuple[dict[str, Any], str]] = [
@@ -419,3 +420,92 @@ class InboxConformance:
         # "b" finding the key free and becoming the owner itself
         assert owners["folded"] > 0, owners
         assert owners["second"] > 0, owners
+
+
+class InboxRecoveryConformance(InboxConformance):
+    """:class:`InboxConformance` plus crash recovery (:meth:`Inbox.sweep` /
+    :meth:`Inbox.serve`), for a backend whose store has ``stranded_keys()``. A crashed
+    owner is simulated by a lease that took a batch and is never renewed nor released."""
+
+    #: TTL (s) of the crashed owner's lease.
+    crash_ttl: ClassVar[float] = 0.5
+
+    async def _crashed_owner(self, lock: Any, inbox: Inbox, key: str, *ids: str) -> Any:
+        for message_id in ids:
+            stored = encode_payload(f"payload of {message_id}", "message")
+            assert await inbox.store.append(
+                key, message_id, stored, max_pending=100, entry_ttl=60.0
+            )
+        stale = await lock.acquire(key, ttl=self.crash_ttl)
+        taken = await inbox.store.take(stale, 20)
+        assert [m.id for m in taken.messages] == list(ids)
+        return stale
+
+    async def test_serve_picks_up_a_dead_owners_batch(self, lock: Any, other_lock: Any) -> None:
+        key = _key()
+        stale = await self._crashed_owner(lock, Inbox(lock), key, "m1", "m2")
+        survivor = Inbox(other_lock)
+        assert key not in await survivor.stranded()  # its lease is still live
+        batches: list[Batch] = []
+
+        async def handler(batch: Batch) -> None:
+            batches.append(batch)
+
+        with anyio.fail_after(self.crash_ttl + 10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: survivor.serve(handler, interval=0.05, ttl=self.long_ttl))
+                while not batches:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        # at least once, with the ids the messages were posted with
+        assert [[m.id for m in b.messages] for b in batches] == [["m1", "m2"]]
+        assert batches[0].messages[0].payload == "payload of m1"
+        assert await survivor.pending(key) == []
+        assert await other_lock.inspect(key) is None
+        # the dead owner's late ack is refused (fence)
+        assert not await survivor.store.ack(stale, ["m1", "m2"], entry_ttl=60.0)
+
+    async def test_sweep_skips_a_key_with_a_live_owner(self, lock: Any) -> None:
+        inbox, key = Inbox(lock), _key()
+        held = await self._crashed_owner(lock, inbox, key, "m1")
+        held = await lock.extend(held, ttl=self.long_ttl)
+        called: list[Batch] = []
+
+        async def handler(batch: Batch) -> None:
+            called.append(batch)
+
+        assert await inbox.sweep(handler) == 0
+        assert called == []
+        assert [m.id for m in await inbox.pending(key)] == ["m1"]
+        await lock.release(held)
+
+    async def test_sweep_counts_failures_then_dead_letters(self, lock: Any) -> None:
+        inbox, key = Inbox(lock), _key()
+        stored = encode_payload("boom", "message")
+        assert await inbox.store.append(key, "m1", stored, max_pending=100, entry_ttl=60.0)
+        attempts: list[int] = []
+
+        async def handler(batch: Batch) -> None:
+            attempts.append(batch.attempt)
+            raise _Boom
+
+        for _ in range(3):
+            assert await inbox.sweep(handler, max_attempts=3, ttl=self.long_ttl) == 0
+        assert attempts == [1, 2, 3]
+        assert await inbox.pending(key) == []
+        assert [d.message.id for d in await inbox.dead_letters(key)] == ["m1"]
+        assert key not in await inbox.stranded()
+        assert await lock.inspect(key) is None
+
+    async def test_sweep_refuses_bad_arguments(self, lock: Any) -> None:
+        inbox = Inbox(lock)
+
+        async def handler(batch: Batch) -> None:
+            pass
+
+        with pytest.raises(TypeError, match="handler"):
+            await inbox.sweep(None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="strategy"):
+            await inbox.sweep(handler, strategy="burst")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="interval"):
+            await inbox.serve(handler, interval=0)

@@ -369,10 +369,19 @@ class PostgresThreadLock(BaseThreadLock):
             self._sql.release, (key, token, self._relaxed, self._ids.instance)
         )
         released, wid, fence, acquired_at, expires_at = rows[0]
-        if wid is not None:  # a waiter of this instance, on this key (the hub checks both)
-            grant = (int(fence), float(acquired_at), float(expires_at))
-            self._listener.hub.deliver(key, str(wid), grant)
+        self._hand_over(key, wid, fence, acquired_at, expires_at)
         return bool(released)
+
+    def _hand_over(
+        self, key: str, wid: object, fence: object, acquired_at: object, expires_at: object
+    ) -> None:
+        """Pass on what a release statement returned: a full lease it handed to a waiter of
+        this instance (``wid`` not ``None``) goes to that waiter in-process. Also used by the
+        inbox's release boundary (``threadlock.inbox.postgres``), which calls the same
+        release function."""
+        if wid is not None:  # a waiter of this instance, on this key (the hub checks both)
+            grant = (int(str(fence)), float(str(acquired_at)), float(str(expires_at)))
+            self._listener.hub.deliver(key, str(wid), grant)
 
     async def _attempt(
         self,

@@ -171,6 +171,18 @@ async def _apply(
         "runs_order_index": sql.Identifier(f"{table}_runs_order"),  # migration 4
         "runs_tracked_index": sql.Identifier(f"{table}_runs_tracked"),  # migration 5
         "chains_updated_index": sql.Identifier(f"{table}_chains_updated"),  # migration 5
+        "inbox": name("_inbox"),  # migration 6
+        "inbox_dead": name("_inbox_dead"),
+        "inbox_seq": name("_inbox_seq"),
+        "inbox_seq_name": sql.Literal(f'"{schema}"."{table}_inbox_seq"'),
+        "inbox_pending_index": sql.Identifier(f"{table}_inbox_pending"),
+        "inbox_batch": name("_inbox_batch"),
+        "inbox_mine": name("_inbox_mine"),
+        "inbox_post": name("_inbox_post"),
+        "inbox_take": name("_inbox_take"),
+        "inbox_finish": name("_inbox_finish"),
+        "inbox_ack": name("_inbox_ack"),
+        "inbox_nack": name("_inbox_nack"),
         "acquire": name("_acquire"),
         "release": name("_release"),
         "extend": name("_extend"),

@@ -56,6 +56,16 @@ class Statements:
         "chain_head",
         "extend",
         "held",
+        "inbox_ack",
+        "inbox_dead",
+        "inbox_finish",
+        "inbox_nack",
+        "inbox_newest",
+        "inbox_pending",
+        "inbox_post",
+        "inbox_stranded",
+        "inbox_summary",
+        "inbox_take",
         "inspect",
         "release",
         "sweep",
@@ -140,4 +150,58 @@ class Statements:
             sql.SQL("SELECT {}(%s::text, %s::text, %s::text, %s::text, %s::float8)").format(
                 name("_advance_chain")
             )
+        )
+        # The inbox (migration 6; the functions are in sql/functions.sql).
+        inbox = name("_inbox")
+        self.inbox_post = _render(
+            sql.SQL("SELECT {}(%s::text, %s::text, %s::text, %s::integer, %s::float8)").format(
+                name("_inbox_post")
+            )
+        )
+        self.inbox_take = _render(
+            sql.SQL("SELECT * FROM {}(%s::text, %s::text, %s::integer)").format(name("_inbox_take"))
+        )
+        self.inbox_finish = _render(
+            sql.SQL(
+                "SELECT * FROM {}(%s::text, %s::text, %s::integer, %s::boolean, %s::text)"
+            ).format(name("_inbox_finish"))
+        )
+        self.inbox_ack = _render(
+            sql.SQL("SELECT {}(%s::text, %s::text, %s::text[])").format(name("_inbox_ack"))
+        )
+        self.inbox_nack = _render(
+            sql.SQL("SELECT {}(%s::text, %s::text, %s::text[], %s::integer, %s::integer)").format(
+                name("_inbox_nack")
+            )
+        )
+        self.inbox_pending = _render(
+            sql.SQL("SELECT * FROM {}(%s::text, 0, clock_timestamp())").format(name("_inbox_batch"))
+        )
+        self.inbox_newest = _render(
+            sql.SQL(
+                "SELECT coalesce(max(i.seq), 0) FROM {} i WHERE i.key = %s::text AND i.pending"
+            ).format(inbox)
+        )
+        self.inbox_dead = _render(
+            sql.SQL(
+                "SELECT id, payload, posted_at, attempts, died_at FROM {}"
+                " WHERE key = %s::text ORDER BY seq"
+            ).format(name("_inbox_dead"))
+        )
+        # Keys with a pending message and no live lease (crash recovery's sweep).
+        self.inbox_stranded = _render(
+            sql.SQL(
+                "SELECT DISTINCT i.key FROM {inbox} i WHERE i.pending AND NOT EXISTS"
+                " (SELECT 1 FROM {leases} l WHERE l.key = i.key"
+                " AND l.expires_at > clock_timestamp()) ORDER BY i.key LIMIT %s::integer"
+            ).format(inbox=inbox, leases=leases)
+        )
+        # Per key: pending messages and dead letters (``threadlock status --inbox``).
+        self.inbox_summary = _render(
+            sql.SQL(
+                "SELECT k.key, (SELECT count(*) FROM {inbox} i WHERE i.key = k.key AND i.pending),"
+                " (SELECT count(*) FROM {dead} d WHERE d.key = k.key)"
+                " FROM (SELECT key FROM {inbox} WHERE pending UNION SELECT key FROM {dead}) k"
+                " ORDER BY k.key LIMIT %s::integer"
+            ).format(inbox=inbox, dead=name("_inbox_dead"))
         )

@@ -279,4 +279,177 @@ CREATE OR REPLACE FUNCTION {advance_chain}(
     p_key text, p_token text, p_expected text, p_new text)
 RETURNS boolean LANGUAGE sql AS $threadlock$
     SELECT {advance_chain}(p_key, p_token, p_expected, p_new, NULL::double precision)
+-- The inbox (migration 6). Every entry point that changes a key's inbox takes the key's
+-- advisory lock first, the one acquire and release take, so a post, an ack and the release
+-- boundary ({inbox_finish}) of one key are serialised.
+--
+-- The oldest p_limit (all if p_limit <= 0) pending messages of p_key, each row also carrying
+-- the pending count, the newest pending message's posted_at and seq, and p_now (epoch s).
+-- No pending message: one row whose o_id is NULL.
+CREATE OR REPLACE FUNCTION {inbox_batch}(p_key text, p_limit integer, p_now timestamptz)
+RETURNS TABLE (o_id text, o_payload text, o_posted_at double precision, o_attempts integer,
+               o_seq bigint, o_pending bigint, o_newest_posted double precision,
+               o_newest_seq bigint, o_now double precision)
+LANGUAGE plpgsql AS $threadlock$
+DECLARE
+    v_count bigint;
+    v_seq bigint;
+    v_posted double precision;
+BEGIN
+    SELECT count(*), coalesce(max(i.seq), 0) INTO v_count, v_seq
+      FROM {inbox} i WHERE i.key = p_key AND i.pending;
+    IF v_count = 0 THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::float8, NULL::integer, NULL::bigint,
+                            0::bigint, 0::float8, 0::bigint, date_part('epoch', p_now);
+        RETURN;
+    END IF;
+    SELECT i.posted_at INTO v_posted FROM {inbox} i
+     WHERE i.key = p_key AND i.pending AND i.seq = v_seq;
+    RETURN QUERY
+    SELECT i.id::text, i.payload, i.posted_at, i.attempts, i.seq, v_count, v_posted, v_seq,
+           date_part('epoch', p_now)
+      FROM {inbox} i WHERE i.key = p_key AND i.pending
+     ORDER BY i.seq
+     LIMIT CASE WHEN p_limit > 0 THEN p_limit END;
+END
+$threadlock$
+--;
+-- Whether the lease of p_token on p_key is live. Callers hold the key's advisory lock.
+CREATE OR REPLACE FUNCTION {inbox_mine}(p_key text, p_token text, p_now timestamptz)
+RETURNS boolean LANGUAGE sql STABLE AS $threadlock$
+    SELECT EXISTS (SELECT 1 FROM {leases} l
+                    WHERE l.key = p_key AND l.token = p_token AND l.expires_at > p_now)
+$threadlock$
+--;
+-- Post a message: 1 stored, 0 the id is pending or was posted within its entry_ttl (nothing
+-- changes), -1 p_max_pending are pending (nothing changes). Rows of ids whose window ended
+-- and that are not pending are dropped on the way.
+CREATE OR REPLACE FUNCTION {inbox_post}(
+    p_key text, p_id text, p_payload text, p_max_pending integer,
+    p_entry_ttl double precision)
+RETURNS integer LANGUAGE plpgsql AS $threadlock$
+DECLARE
+    v_now timestamptz;
+BEGIN
+    PERFORM pg_advisory_xact_lock({lockclass}, hashtext(p_key));
+    v_now := clock_timestamp();
+    DELETE FROM {inbox} i WHERE i.key = p_key AND NOT i.pending AND i.seen_until <= v_now;
+    IF EXISTS (SELECT 1 FROM {inbox} i WHERE i.key = p_key AND i.id = p_id) THEN
+        RETURN 0;
+    END IF;
+    IF (SELECT count(*) FROM {inbox} i WHERE i.key = p_key AND i.pending) >= p_max_pending THEN
+        RETURN -1;
+    END IF;
+    INSERT INTO {inbox} (key, id, seq, payload, posted_at, attempts, pending, seen_until)
+    VALUES (p_key, p_id, nextval({inbox_seq_name}), p_payload, date_part('epoch', v_now), 0,
+            true, v_now + make_interval(secs => p_entry_ttl));
+    RETURN 1;
+END
+$threadlock$
+--;
+-- The next batch under the lease of p_token; no row if that lease is not live.
+CREATE OR REPLACE FUNCTION {inbox_take}(p_key text, p_token text, p_limit integer)
+RETURNS TABLE (o_id text, o_payload text, o_posted_at double precision, o_attempts integer,
+               o_seq bigint, o_pending bigint, o_newest_posted double precision,
+               o_newest_seq bigint, o_now double precision)
+LANGUAGE plpgsql AS $threadlock$
+DECLARE
+    v_now timestamptz;
+BEGIN
+    PERFORM pg_advisory_xact_lock({lockclass}, hashtext(p_key));
+    v_now := clock_timestamp();
+    IF {inbox_mine}(p_key, p_token, v_now) THEN
+        RETURN QUERY SELECT * FROM {inbox_batch}(p_key, p_limit, v_now);
+    END IF;
+END
+$threadlock$
+--;
+-- The release boundary, one statement under the key's advisory lock (which a post takes
+-- too): o_status 'lost' if the lease of p_token is not live; 'batch' rows (the next batch,
+-- as {inbox_batch}) if a message is pending; else the lease is released by {release} itself
+-- (same hand-off to the head waiter, same commit rules) and one 'released' row carries what
+-- {release} returned for a waiter of the caller's instance.
+CREATE OR REPLACE FUNCTION {inbox_finish}(
+    p_key text, p_token text, p_limit integer, p_relaxed boolean, p_local text)
+RETURNS TABLE (o_status text, o_id text, o_payload text, o_posted_at double precision,
+               o_attempts integer, o_seq bigint, o_pending bigint,
+               o_newest_posted double precision, o_newest_seq bigint, o_now double precision,
+               o_wid text, o_fence bigint, o_acquired_at double precision,
+               o_expires_at double precision)
+LANGUAGE plpgsql AS $threadlock$
+DECLARE
+    v_now timestamptz;
+    r record;
+BEGIN
+    PERFORM pg_advisory_xact_lock({lockclass}, hashtext(p_key));
+    v_now := clock_timestamp();
+    IF NOT {inbox_mine}(p_key, p_token, v_now) THEN
+        o_status := 'lost';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {inbox} i WHERE i.key = p_key AND i.pending) THEN
+        RETURN QUERY SELECT 'batch'::text, b.*, NULL::text, NULL::bigint, NULL::float8,
+                            NULL::float8
+                       FROM {inbox_batch}(p_key, p_limit, v_now) b;
+        RETURN;
+    END IF;
+    SELECT * INTO r FROM {release}(p_key, p_token, p_relaxed, p_local);
+    o_status := CASE WHEN r.o_released THEN 'released' ELSE 'lost' END;
+    o_wid := r.o_wid;
+    o_fence := r.o_fence;
+    o_acquired_at := r.o_acquired_at;
+    o_expires_at := r.o_expires_at;
+    RETURN NEXT;
+END
+$threadlock$
+--;
+-- Acknowledge p_ids (no longer pending; kept for deduplication until their window ends) if
+-- the lease of p_token is live; false (nothing changes) if not.
+CREATE OR REPLACE FUNCTION {inbox_ack}(p_key text, p_token text, p_ids text[])
+RETURNS boolean LANGUAGE plpgsql AS $threadlock$
+BEGIN
+    PERFORM pg_advisory_xact_lock({lockclass}, hashtext(p_key));
+    IF NOT {inbox_mine}(p_key, p_token, clock_timestamp()) THEN
+        RETURN false;
+    END IF;
+    UPDATE {inbox} i SET pending = false
+     WHERE i.key = p_key AND i.id = ANY (p_ids) AND i.pending;
+    RETURN true;
+END
+$threadlock$
+--;
+-- Count a failed attempt of each of p_ids still pending; one that reaches p_max_attempts
+-- becomes a dead letter (the newest p_kept of a key are kept). The ids that died, or NULL
+-- (nothing changes) if the lease of p_token is not live.
+CREATE OR REPLACE FUNCTION {inbox_nack}(
+    p_key text, p_token text, p_ids text[], p_max_attempts integer, p_kept integer)
+RETURNS text[] LANGUAGE plpgsql AS $threadlock$
+DECLARE
+    v_now timestamptz;
+    v_dead text[];
+BEGIN
+    PERFORM pg_advisory_xact_lock({lockclass}, hashtext(p_key));
+    v_now := clock_timestamp();
+    IF NOT {inbox_mine}(p_key, p_token, v_now) THEN
+        RETURN NULL;
+    END IF;
+    WITH counted AS (
+        UPDATE {inbox} i SET attempts = i.attempts + 1,
+                             pending = i.attempts + 1 < p_max_attempts
+         WHERE i.key = p_key AND i.id = ANY (p_ids) AND i.pending
+        RETURNING i.*
+    ), died AS (
+        INSERT INTO {inbox_dead} (key, id, payload, posted_at, attempts, died_at)
+        SELECT c.key, c.id, c.payload, c.posted_at, c.attempts, date_part('epoch', v_now)
+          FROM counted c WHERE NOT c.pending ORDER BY c.seq
+        RETURNING id
+    )
+    SELECT coalesce(array_agg(d.id::text), ARRAY[]::text[]) INTO v_dead FROM died d;
+    DELETE FROM {inbox_dead} d
+     WHERE d.key = p_key
+       AND d.seq < (SELECT k.seq FROM {inbox_dead} k WHERE k.key = p_key
+                     ORDER BY k.seq DESC OFFSET p_kept - 1 LIMIT 1);
+    RETURN v_dead;
+END
 $threadlock$

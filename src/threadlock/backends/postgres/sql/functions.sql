@@ -279,6 +279,8 @@ CREATE OR REPLACE FUNCTION {advance_chain}(
     p_key text, p_token text, p_expected text, p_new text)
 RETURNS boolean LANGUAGE sql AS $threadlock$
     SELECT {advance_chain}(p_key, p_token, p_expected, p_new, NULL::double precision)
+$threadlock$
+--;
 -- The inbox (migration 6). Every entry point that changes a key's inbox takes the key's
 -- advisory lock first, the one acquire and release take, so a post, an ack and the release
 -- boundary ({inbox_finish}) of one key are serialised.

@@ -574,7 +574,7 @@ async def holder_loop(
 
 
 def _build_lock(config: ChaosConfig, url: str, namespace: str) -> Any:
-    if config.backend == "redis":
+    if config.backend in ("redis", "redis-sentinel"):
         from threadlock.backends.redis import RedisThreadLock
 
         return RedisThreadLock.from_url(
@@ -680,6 +680,42 @@ class _RedisTarget:
         self.server.stop()
 
 
+class _SentinelTarget:
+    """A master, a replica and 3 sentinels (``tests/_servers/sentinel.py``); the backend
+    connects through a ``redis+sentinel://`` URL, so its data connections bypass the proxy.
+    A "restart" is a failover: the master is SIGKILLed under load, the sentinels promote the
+    replica (replication is asynchronous, so the last writes may be lost: ``loses_data``),
+    and the killed server comes back as the new master's replica."""
+
+    def __init__(self) -> None:
+        from tests._servers.sentinel import SentinelSet
+
+        self.set = SentinelSet()
+
+    def start(self) -> None:
+        self.set.start()
+
+    @property
+    def port(self) -> int:
+        return self.set.master_port()
+
+    def url(self, port: int) -> str:
+        return self.set.url
+
+    def restart(self, count: int) -> tuple[str, bool]:
+        self.set.failover()
+        return "failover", True
+
+    async def prepare(self, namespace: str) -> None:
+        return None
+
+    def pids(self) -> list[int]:
+        return self.set.pids()
+
+    def stop(self) -> None:
+        self.set.stop()
+
+
 class _PostgresTarget:
     """A private Postgres cluster; restarts are ``pg_ctl restart -m fast`` or ``immediate``."""
 
@@ -750,10 +786,12 @@ async def run_chaos(
     say(f"chaos: {config.describe()} logs={out}")
     if config.backend == "memory":
         report, sections, faults, kills = await _run_memory(config, out)
-    elif config.backend in ("redis", "postgres"):
+    elif config.backend in ("redis", "postgres", "redis-sentinel"):
         report, sections, faults, kills = await _run_servers(config, out, say)
     else:
-        raise ValueError(f"backend must be redis, postgres or memory, got {config.backend!r}")
+        raise ValueError(
+            f"backend must be redis, postgres, redis-sentinel or memory, got {config.backend!r}"
+        )
     check(report, sections, faults, kills, config)
     report.clock_step_ms = abs((time.time_ns() - time.monotonic_ns()) - offset0) / 1e6
     report.wall_s = time.monotonic() - started
@@ -769,8 +807,15 @@ async def _run_servers(
 ) -> tuple[ChaosReport, list[Section], list[Fault], dict[str, int]]:
     rng = random.Random(f"{config.seed}:controller")
     report = ChaosReport(config=config.describe())
-    target: _RedisTarget | _PostgresTarget
-    target = _RedisTarget() if config.backend == "redis" else _PostgresTarget()
+    target: _RedisTarget | _PostgresTarget | _SentinelTarget
+    if config.backend == "redis":
+        target = _RedisTarget()
+    elif config.backend == "redis-sentinel":
+        target = _SentinelTarget()
+    else:
+        target = _PostgresTarget()
+    sentinel = config.backend == "redis-sentinel"
+    restart_every = config.failover_every if sentinel else config.restart_every
     namespace = f"chaos_{secrets.token_hex(6)}"
     faults: list[Fault] = []
     incarnations: list[_Incarnation] = []
@@ -838,7 +883,7 @@ async def _run_servers(
             live = {slot: spawn(slot) for slot in range(config.workers)}
             now = time.monotonic()
             next_kill = now + _interval(rng, config.kill_every)
-            next_restart = now + _interval(rng, config.restart_every)
+            next_restart = now + _interval(rng, restart_every)
             next_fault = now + _interval(rng, config.fault_every)
             next_pause = now + _interval(rng, config.pause_every)
             next_partition = now + _interval(rng, config.partition_every)
@@ -873,7 +918,7 @@ async def _run_servers(
                         live[slot].proc.send_signal(signal.SIGSTOP)
                         paused[slot] = (live[slot], now + seconds, time.time_ns())
                     next_pause = now + _interval(rng, config.pause_every)
-                if config.partition_every[1] > 0 and now >= next_partition:
+                if not sentinel and config.partition_every[1] > 0 and now >= next_partition:
                     seconds = _interval(rng, config.partition)
                     if now + seconds < end_at:
                         proxy.partition(seconds)
@@ -890,13 +935,15 @@ async def _run_servers(
                         await anyio.sleep(rng.uniform(0.0, 0.3))
                         live[slot] = spawn(slot)
                     next_kill = time.monotonic() + _interval(rng, config.kill_every)
-                if now >= next_restart and storm:
+                if now >= next_restart and (storm or sentinel):
                     begin = time.time_ns()
                     kind, loses = await anyio.to_thread.run_sync(target.restart, report.restarts)
                     faults.append(Fault(kind, begin, time.time_ns(), loses))
                     restarts[kind] += 1
                     report.restarts += 1
-                    next_restart = time.monotonic() + _interval(rng, config.restart_every)
+                    if sentinel:
+                        report.failovers += 1
+                    next_restart = time.monotonic() + _interval(rng, restart_every)
                 if now >= next_fault and storm:
                     proxy.inject(config.stall, config.reset_share)
                     next_fault = time.monotonic() + _interval(rng, config.fault_every)
@@ -1051,7 +1098,7 @@ async def _leftovers(config: ChaosConfig, url: str, namespace: str) -> tuple[int
     async with lock:
         held = await lock.held()
         leftover = 0
-        if config.backend == "redis":
+        if config.backend in ("redis", "redis-sentinel"):
             # A free key keeps only TTL-bounded keys (its fence, tombstones of abandoned
             # acquires); its lease and queue keys must be gone, and nothing may lack a TTL.
             async for name in lock.client.scan_iter(match=f"{namespace}:*", count=1000):
@@ -1272,6 +1319,10 @@ def check(
         # fences rise along the key's sections (sections that did not overlap)
         for a, b in itertools.pairwise(items):
             if a.end <= b.start and a.fence >= b.fence and not b.told_lost:
+                if any(
+                    f.kind == "failover" and a.start <= f.end and f.start <= b.start for f in losses
+                ):
+                    report.fence_regressions_after_failover += 1
                 violation(
                     f"fence order on {key}: {a.worker} fence {a.fence} ended before "
                     f"{b.worker} fence {b.fence} began"

@@ -544,6 +544,9 @@ async def holder_loop(
                 finally:
                     end = time.time_ns()
         except LeaseLost:
+            if fence is None:  # a grant that arrived after it expired (after a pause): no body
+                write("F lost\n")
+                continue
             outcome = "lost"
         except ThreadBusy:
             write("F busy\n")
@@ -1189,6 +1192,8 @@ def _parse_log(
                 want, start, _ = open_[(key, fence)]
                 open_[(key, fence)] = (want, start, int(parts[6]))
         elif parts[0] == "E" and len(parts) == 7:
+            if not parts[2].isdigit() or (parts[1], int(parts[2])) not in open_:
+                continue  # no section began (cannot happen since "F lost"; old logs)
             key, fence = parts[1], int(parts[2])
             want, start, _ = open_.pop((key, fence))
             sections.append(

@@ -894,6 +894,10 @@ async def _run_servers(
             phase0 = now
             # slot -> (the stopped incarnation, when to resume it (monotonic), SIGSTOP ns)
             paused: dict[int, tuple[_Incarnation, float, int]] = {}
+            # slot -> when it was resumed (monotonic): it runs 1 s before it may be killed, so
+            # that a stale holder can be told; a SIGKILL right after SIGCONT would end, for
+            # the checker, a section that ran no code since SIGSTOP
+            resumed_at: dict[int, float] = {}
             samples = _sample_points(config)
 
             def sample(when: str) -> None:
@@ -904,6 +908,7 @@ async def _run_servers(
             def resume(slot: int) -> None:
                 inc, _, begin = paused.pop(slot)
                 inc.proc.send_signal(signal.SIGCONT)
+                resumed_at[slot] = time.monotonic()
                 ident = f"{inc.slot}-{inc.number}"
                 faults.append(Fault("pause", begin, time.time_ns(), target=ident))
 
@@ -927,7 +932,11 @@ async def _run_servers(
                         proxy.partition(seconds)
                     next_partition = now + seconds + _interval(rng, config.partition_every)
                 if now >= next_kill:
-                    running = [s for s in range(config.workers) if s not in paused]
+                    running = [
+                        s
+                        for s in range(config.workers)
+                        if s not in paused and now - resumed_at.get(s, -10.0) >= 1.0
+                    ]
                     if running:  # a stopped worker is not killed: its pause must end
                         slot = rng.choice(running)
                         inc = live[slot]

@@ -123,6 +123,15 @@ class ChaosConfig:
     latency_max: float = 0.05  # ... by U(0, latency_max) seconds
     loop_stall: tuple[float, float] = (0.05, 0.6)  # memory: blocking stalls of the event loop
     phase: float = 4.0  # seconds; network faults and restarts only in every other phase
+    # SIGSTOP of a random worker (its holders and its queued waiters alike) for longer than
+    # the TTL, then SIGCONT; at any time. 0 disables.
+    pause_every: tuple[float, float] = (6.0, 12.0)  # seconds between two pauses
+    pause: tuple[float, float] = (3.0, 5.0)  # seconds a paused worker stays stopped
+    # A partition: the proxy freezes every connection, both ways, new ones too, then heals.
+    partition_every: tuple[float, float] = (10.0, 18.0)  # seconds from a heal to the next
+    partition: tuple[float, float] = (3.0, 5.0)  # seconds a partition lasts
+    # Sentinel (backend "redis-sentinel"): the master is SIGKILLed under load this often.
+    failover_every: tuple[float, float] = (12.0, 20.0)  # seconds from a failover to the next
     out: str | None = None  # where the logs go (default: a temp dir, removed when clean)
 
     def describe(self) -> str:
@@ -139,6 +148,18 @@ class ChaosConfig:
             f"kill_every={self.kill_every[0]:g}-{self.kill_every[1]:g}s",
             f"phase={self.phase:g}s",
         ]
+        if self.backend != "memory":
+            parts += [
+                f"pause_every={self.pause_every[0]:g}-{self.pause_every[1]:g}s",
+                f"pause={self.pause[0]:g}-{self.pause[1]:g}s",
+            ]
+        if self.backend in ("redis", "postgres"):
+            parts += [
+                f"partition_every={self.partition_every[0]:g}-{self.partition_every[1]:g}s",
+                f"partition={self.partition[0]:g}-{self.partition[1]:g}s",
+            ]
+        if self.backend == "redis-sentinel":
+            parts.append(f"failover_every={self.failover_every[0]:g}-{self.failover_every[1]:g}s")
         if self.backend != "memory":
             parts += [
                 f"restart_every={self.restart_every[0]:g}-{self.restart_every[1]:g}s",
@@ -185,6 +206,7 @@ class Fault:
     start: int
     end: int
     loses_data: bool = False
+    target: str = ""  # a pause: the worker (ident) that was stopped
 
 
 @dataclass
@@ -214,6 +236,18 @@ class ChaosReport:
     held_after: int = -1  # held() after the run and one TTL + grace: must be 0
     leftover_keys: int = 0  # Redis: lease/queue keys, or keys without a TTL, still there then
     clock_step_ms: float = 0.0
+    # pauses (SIGSTOP past the TTL, then SIGCONT) and partitions (frozen proxy, then heal)
+    paused_holders: int = 0  # sections open in a worker when it was stopped
+    paused_waiters: int = 0  # acquires in flight (queued) when their worker was stopped
+    stale_after_resume: int = 0  # paused holders whose lease expired while stopped
+    worst_stale_end_after_resume_ms: float = 0.0  # SIGCONT -> that stale body's end
+    resumed_waiter_double_grants: int = 0  # a resumed waiter's section overlapping another
+    stale_after_heal: int = 0  # sections whose lease expired during a partition
+    worst_stale_end_after_heal_ms: float = 0.0  # heal -> that body's end (< 0: before the heal)
+    failovers: int = 0  # Sentinel: masters killed and replaced
+    fence_regressions_after_failover: int = 0  # fence order broken across a failover
+    # RSS (kB) and open client connections, sampled at start, minute 2 and end
+    resources: dict[str, dict[str, int]] = field(default_factory=dict)
     wall_s: float = 0.0
     log_dir: str = ""
     source: str = ""  # the threadlock source the workers ran (git commit, digest)
@@ -233,6 +267,21 @@ class ChaosReport:
             f" clean={self.clean_handoffs} worst_clean={self.worst_clean_wait_after_free_ms:.0f}ms"
             f" worst_takeover_after_kill={self.worst_takeover_after_kill_ms:.0f}ms"
             f" (clean {self.worst_clean_takeover_after_kill_ms:.0f}ms)",
+            f"  pauses: holders={self.paused_holders} waiters={self.paused_waiters} "
+            f"stale={self.stale_after_resume} worst_stale_end_after_SIGCONT="
+            f"{self.worst_stale_end_after_resume_ms:.0f}ms resumed_waiter_double_grants="
+            f"{self.resumed_waiter_double_grants}; partitions: stale={self.stale_after_heal} "
+            f"worst_stale_end_after_heal={self.worst_stale_end_after_heal_ms:.0f}ms; "
+            f"failovers={self.failovers} fence_regressions="
+            f"{self.fence_regressions_after_failover}",
+            "  resources: "
+            + (
+                " ".join(
+                    f"{when}[" + " ".join(f"{k}={v}" for k, v in sample.items()) + "]"
+                    for when, sample in self.resources.items()
+                )
+                or "none"
+            ),
             f"  held_after_ttl={self.held_after} leftover_keys={self.leftover_keys} "
             f"clock_step={self.clock_step_ms:.1f}ms wall={self.wall_s:.1f}s",
             f"  source={self.source}",
@@ -379,6 +428,15 @@ class FaultProxy:
         now = time.time_ns()
         self.events.append(Fault("stall", now, now + int(seconds * NS)))
 
+    def partition(self, seconds: float) -> Fault:
+        """Freeze every connection, both ways, new ones too, for ``seconds``; then heal."""
+        self._stall_all_until = max(self._stall_all_until, time.monotonic() + seconds)
+        self.counts["partition"] += 1
+        now = time.time_ns()
+        fault = Fault("partition", now, now + int(seconds * NS))
+        self.events.append(fault)
+        return fault
+
     def reset(self, conn_id: int) -> None:
         """Close connection ``conn_id`` on both sides with RST."""
         conn = self.conns.get(conn_id)
@@ -486,6 +544,9 @@ async def holder_loop(
                 finally:
                     end = time.time_ns()
         except LeaseLost:
+            if fence is None:  # a grant that arrived after it expired (after a pause): no body
+                write("F lost\n")
+                continue
             outcome = "lost"
         except ThreadBusy:
             write("F busy\n")
@@ -516,7 +577,7 @@ async def holder_loop(
 
 
 def _build_lock(config: ChaosConfig, url: str, namespace: str) -> Any:
-    if config.backend == "redis":
+    if config.backend in ("redis", "redis-sentinel"):
         from threadlock.backends.redis import RedisThreadLock
 
         return RedisThreadLock.from_url(
@@ -614,8 +675,48 @@ class _RedisTarget:
     async def prepare(self, namespace: str) -> None:
         return None
 
+    def pids(self) -> list[int]:
+        process = self.server.process
+        return [] if process is None else [process.pid]
+
     def stop(self) -> None:
         self.server.stop()
+
+
+class _SentinelTarget:
+    """A master, a replica and 3 sentinels (``tests/_servers/sentinel.py``); the backend
+    connects through a ``redis+sentinel://`` URL, so its data connections bypass the proxy.
+    A "restart" is a failover: the master is SIGKILLed under load, the sentinels promote the
+    replica (replication is asynchronous, so the last writes may be lost: ``loses_data``),
+    and the killed server comes back as the new master's replica."""
+
+    def __init__(self) -> None:
+        from tests._servers.sentinel import SentinelSet
+
+        self.set = SentinelSet()
+
+    def start(self) -> None:
+        self.set.start()
+
+    @property
+    def port(self) -> int:
+        return self.set.master_port()
+
+    def url(self, port: int) -> str:
+        return self.set.url
+
+    def restart(self, count: int) -> tuple[str, bool]:
+        self.set.failover()
+        return "failover", True
+
+    async def prepare(self, namespace: str) -> None:
+        return None
+
+    def pids(self) -> list[int]:
+        return self.set.pids()
+
+    def stop(self) -> None:
+        self.set.stop()
 
 
 class _PostgresTarget:
@@ -646,6 +747,12 @@ class _PostgresTarget:
 
         async with PostgresThreadLock.from_url(self.server.dsn, table=namespace) as lock:
             await lock.create_schema()
+
+    def pids(self) -> list[int]:
+        try:
+            return [int((self.server.data / "postmaster.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
 
     def stop(self) -> None:
         self.server.destroy()
@@ -682,10 +789,12 @@ async def run_chaos(
     say(f"chaos: {config.describe()} logs={out}")
     if config.backend == "memory":
         report, sections, faults, kills = await _run_memory(config, out)
-    elif config.backend in ("redis", "postgres"):
+    elif config.backend in ("redis", "postgres", "redis-sentinel"):
         report, sections, faults, kills = await _run_servers(config, out, say)
     else:
-        raise ValueError(f"backend must be redis, postgres or memory, got {config.backend!r}")
+        raise ValueError(
+            f"backend must be redis, postgres, redis-sentinel or memory, got {config.backend!r}"
+        )
     check(report, sections, faults, kills, config)
     report.clock_step_ms = abs((time.time_ns() - time.monotonic_ns()) - offset0) / 1e6
     report.wall_s = time.monotonic() - started
@@ -701,8 +810,15 @@ async def _run_servers(
 ) -> tuple[ChaosReport, list[Section], list[Fault], dict[str, int]]:
     rng = random.Random(f"{config.seed}:controller")
     report = ChaosReport(config=config.describe())
-    target: _RedisTarget | _PostgresTarget
-    target = _RedisTarget() if config.backend == "redis" else _PostgresTarget()
+    target: _RedisTarget | _PostgresTarget | _SentinelTarget
+    if config.backend == "redis":
+        target = _RedisTarget()
+    elif config.backend == "redis-sentinel":
+        target = _SentinelTarget()
+    else:
+        target = _PostgresTarget()
+    sentinel = config.backend == "redis-sentinel"
+    restart_every = config.failover_every if sentinel else config.restart_every
     namespace = f"chaos_{secrets.token_hex(6)}"
     faults: list[Fault] = []
     incarnations: list[_Incarnation] = []
@@ -770,33 +886,83 @@ async def _run_servers(
             live = {slot: spawn(slot) for slot in range(config.workers)}
             now = time.monotonic()
             next_kill = now + _interval(rng, config.kill_every)
-            next_restart = now + _interval(rng, config.restart_every)
+            next_restart = now + _interval(rng, restart_every)
             next_fault = now + _interval(rng, config.fault_every)
+            next_pause = now + _interval(rng, config.pause_every)
+            next_partition = now + _interval(rng, config.partition_every)
             end_at = now + config.duration - min(3.0, config.duration / 10)
             phase0 = now
+            # slot -> (the stopped incarnation, when to resume it (monotonic), SIGSTOP ns)
+            paused: dict[int, tuple[_Incarnation, float, int]] = {}
+            # slot -> when it was resumed (monotonic): it runs 1 s before it may be killed, so
+            # that a stale holder can be told; a SIGKILL right after SIGCONT would end, for
+            # the checker, a section that ran no code since SIGSTOP
+            resumed_at: dict[int, float] = {}
+            samples = _sample_points(config)
+
+            def sample(when: str) -> None:
+                report.resources[when] = _resources(
+                    target.pids(), [i.proc.pid for i in live.values()], len(proxy.conns)
+                )
+
+            def resume(slot: int) -> None:
+                inc, _, begin = paused.pop(slot)
+                inc.proc.send_signal(signal.SIGCONT)
+                resumed_at[slot] = time.monotonic()
+                ident = f"{inc.slot}-{inc.number}"
+                faults.append(Fault("pause", begin, time.time_ns(), target=ident))
+
             while (now := time.monotonic()) < end_at:
                 storm = int((now - phase0) / config.phase) % 2 == 1
+                if samples and now - phase0 >= samples[0][0]:
+                    sample(samples.pop(0)[1])
+                for slot in [s for s, (_, until, _) in paused.items() if now >= until]:
+                    resume(slot)
+                if config.pause_every[1] > 0 and now >= next_pause:
+                    free = [s for s in range(config.workers) if s not in paused]
+                    seconds = _interval(rng, config.pause)
+                    if free and now + seconds < end_at:
+                        slot = rng.choice(free)
+                        live[slot].proc.send_signal(signal.SIGSTOP)
+                        paused[slot] = (live[slot], now + seconds, time.time_ns())
+                    next_pause = now + _interval(rng, config.pause_every)
+                if not sentinel and config.partition_every[1] > 0 and now >= next_partition:
+                    seconds = _interval(rng, config.partition)
+                    if now + seconds < end_at:
+                        proxy.partition(seconds)
+                    next_partition = now + seconds + _interval(rng, config.partition_every)
                 if now >= next_kill:
-                    slot = rng.randrange(config.workers)
-                    inc = live[slot]
-                    inc.killed_ns = time.time_ns()
-                    inc.proc.send_signal(signal.SIGKILL)
-                    await anyio.to_thread.run_sync(inc.proc.wait)
-                    report.kills += 1
-                    await anyio.sleep(rng.uniform(0.0, 0.3))
-                    live[slot] = spawn(slot)
+                    running = [
+                        s
+                        for s in range(config.workers)
+                        if s not in paused and now - resumed_at.get(s, -10.0) >= 1.0
+                    ]
+                    if running:  # a stopped worker is not killed: its pause must end
+                        slot = rng.choice(running)
+                        inc = live[slot]
+                        inc.killed_ns = time.time_ns()
+                        inc.proc.send_signal(signal.SIGKILL)
+                        await anyio.to_thread.run_sync(inc.proc.wait)
+                        report.kills += 1
+                        await anyio.sleep(rng.uniform(0.0, 0.3))
+                        live[slot] = spawn(slot)
                     next_kill = time.monotonic() + _interval(rng, config.kill_every)
-                if now >= next_restart and storm:
+                if now >= next_restart and (storm or sentinel):
                     begin = time.time_ns()
                     kind, loses = await anyio.to_thread.run_sync(target.restart, report.restarts)
                     faults.append(Fault(kind, begin, time.time_ns(), loses))
                     restarts[kind] += 1
                     report.restarts += 1
-                    next_restart = time.monotonic() + _interval(rng, config.restart_every)
+                    if sentinel:
+                        report.failovers += 1
+                    next_restart = time.monotonic() + _interval(rng, restart_every)
                 if now >= next_fault and storm:
                     proxy.inject(config.stall, config.reset_share)
                     next_fault = time.monotonic() + _interval(rng, config.fault_every)
                 await anyio.sleep(0.02)
+            for slot in list(paused):
+                resume(slot)
+            sample("end")
             # The workers stop by themselves at stop_ns; give them their release time.
             limit = (stop_ns - time.time_ns()) / NS + 15.0
 
@@ -821,8 +987,11 @@ async def _run_servers(
             tg.cancel_scope.cancel()
         faults.extend(proxy.events)
         report.faults = dict(restarts) | {
-            k: v for k, v in proxy.counts.items() if k in ("stall", "reset", "latency")
+            k: v for k, v in proxy.counts.items() if k in ("stall", "reset", "latency", "partition")
         }
+        pauses = sum(1 for f in faults if f.kind == "pause")
+        if pauses:
+            report.faults["pause"] = pauses
         # (b) nothing is held once every lease has had its TTL to run out.
         await anyio.sleep(config.ttl + config.grace + 1.0)
         report.held_after, report.leftover_keys = await _leftovers(
@@ -853,6 +1022,51 @@ async def _run_servers(
             inc.log.read_text() if inc.log.exists() else "", ident, inc.killed_ns, sections, report
         )
     return report, sections, faults, kills
+
+
+def _sample_points(config: ChaosConfig) -> list[tuple[float, str]]:
+    """When to sample RSS and connections (seconds into the run): start, minute 2 (if any)."""
+    points = [(min(10.0, config.duration / 4), "start")]
+    if config.duration > 150:
+        points.append((120.0, "minute2"))
+    return points
+
+
+def _proc_rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pids: list[int]) -> list[int]:
+    """``pids`` and their direct children (Postgres: the postmaster's backends)."""
+    wanted = set(pids)
+    found = list(pids)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and int(fields[1]) in wanted:
+            found.append(int(entry.name))
+    return found
+
+
+def _resources(server: list[int], workers: list[int], connections: int) -> dict[str, int]:
+    """RSS (kB) of the server processes, of the live workers, of this controller; connections."""
+    return {
+        "server_rss_kb": sum(_proc_rss_kb(pid) for pid in _children(server)),
+        "workers_rss_kb": sum(_proc_rss_kb(pid) for pid in workers),
+        "controller_rss_kb": _proc_rss_kb(os.getpid()),
+        "connections": connections,
+    }
 
 
 def _snapshot(dest: Path) -> str:
@@ -902,7 +1116,7 @@ async def _leftovers(config: ChaosConfig, url: str, namespace: str) -> tuple[int
     async with lock:
         held = await lock.held()
         leftover = 0
-        if config.backend == "redis":
+        if config.backend in ("redis", "redis-sentinel"):
             # A free key keeps only TTL-bounded keys (its lease key as a free-key marker
             # "F <fence>" or an ended lease, tombstones of abandoned acquires); its queue
             # keys must be gone, and nothing may lack a TTL.
@@ -957,8 +1171,11 @@ async def _run_memory(
         end_at = now + config.duration
         next_kill = now + _interval(rng, config.kill_every) / config.tasks
         next_stall = now + _interval(rng, config.fault_every) * 5
+        samples = _sample_points(config)
         while (now := time.monotonic()) < end_at:
             storm = int((now - phase0) / config.phase) % 2 == 1
+            if samples and now - phase0 >= samples[0][0]:
+                report.resources[samples.pop(0)[1]] = _resources([], [], 0)
             if now >= next_kill:
                 _, scope = scopes[rng.randrange(len(scopes))]
                 scope.cancel()
@@ -971,6 +1188,7 @@ async def _run_memory(
                 faults.append(Fault("loop-stall", begin, time.time_ns()))
                 next_stall = time.monotonic() + _interval(rng, config.fault_every) * 5
             await anyio.sleep(0.01)
+        report.resources["end"] = _resources([], [], 0)
         tg.cancel_scope.cancel()
     report.faults = {"loop-stall": len(faults)}
     await anyio.sleep(config.ttl + 0.5)
@@ -1001,6 +1219,8 @@ def _parse_log(
                 want, start, _ = open_[(key, fence)]
                 open_[(key, fence)] = (want, start, int(parts[6]))
         elif parts[0] == "E" and len(parts) == 7:
+            if not parts[2].isdigit() or (parts[1], int(parts[2])) not in open_:
+                continue  # no section began (cannot happen since "F lost"; old logs)
             key, fence = parts[1], int(parts[2])
             want, start, _ = open_.pop((key, fence))
             sections.append(
@@ -1033,6 +1253,46 @@ def _touches(faults: list[Fault], start: int, end: int, slack: int) -> bool:
     return any(f.start - slack <= end and f.end + slack >= start for f in faults)
 
 
+def _pauses_and_partitions(
+    report: ChaosReport, sections: list[Section], faults: list[Fault]
+) -> set[int]:
+    """Fill the pause and partition figures; return the ids of resumed waiters' sections.
+
+    A pause's holder is a section open in the stopped worker when SIGSTOP was sent; it is
+    stale when its lease expired before SIGCONT, and the time from SIGCONT to its end is how
+    long the stale body ran on. A pause's waiter is a section of that worker whose acquire was
+    called before SIGSTOP and granted after SIGCONT. A partition's stale body is a section open
+    when the proxy froze whose lease expired before the heal.
+    """
+    by_worker: dict[str, list[Section]] = defaultdict(list)
+    for s in sections:
+        by_worker[s.worker].append(s)
+    resumed: set[int] = set()
+    worst_resume: float | None = None
+    worst_heal: float | None = None
+    for f in faults:
+        if f.kind == "pause":
+            for s in by_worker.get(f.target, []):
+                if s.start <= f.start < s.end:
+                    report.paused_holders += 1
+                    if s.expires and s.expires < f.end:
+                        report.stale_after_resume += 1
+                        took = (s.end - f.end) / 1e6
+                        worst_resume = took if worst_resume is None else max(worst_resume, took)
+                elif s.want <= f.start and s.start >= f.end:
+                    report.paused_waiters += 1
+                    resumed.add(id(s))
+        elif f.kind == "partition":
+            for s in sections:
+                if s.start <= f.start < s.end and s.expires and s.expires < f.end:
+                    report.stale_after_heal += 1
+                    took = (s.end - f.end) / 1e6
+                    worst_heal = took if worst_heal is None else max(worst_heal, took)
+    report.worst_stale_end_after_resume_ms = worst_resume or 0.0
+    report.worst_stale_end_after_heal_ms = worst_heal or 0.0
+    return resumed
+
+
 def check(
     report: ChaosReport,
     sections: list[Section],
@@ -1057,6 +1317,7 @@ def check(
         if len(report.violation_samples) < 10:
             report.violation_samples.append(text)
 
+    resumed = _pauses_and_partitions(report, sections, faults)
     slack = int(0.25 * NS)
     for key, items in by_key.items():
         items.sort(key=lambda s: (s.start, s.fence))
@@ -1078,6 +1339,8 @@ def check(
                             f"; its lease had expired {(b.start - a.expires) / 1e6:.0f} ms "
                             "before (last successful renewal) while its body still ran"
                         )
+                    if id(a) in resumed or id(b) in resumed:
+                        report.resumed_waiter_double_grants += 1
                     violation(
                         f"overlap on {key}: {a.worker} fence {a.fence} [{a.start}, {a.end}] "
                         f"{a.outcome}/release={a.released} vs {b.worker} fence {b.fence} "
@@ -1088,6 +1351,10 @@ def check(
         # fences rise along the key's sections (sections that did not overlap)
         for a, b in itertools.pairwise(items):
             if a.end <= b.start and a.fence >= b.fence and not b.told_lost:
+                if any(
+                    f.kind == "failover" and a.start <= f.end and f.start <= b.start for f in losses
+                ):
+                    report.fence_regressions_after_failover += 1
                 violation(
                     f"fence order on {key}: {a.worker} fence {a.fence} ended before "
                     f"{b.worker} fence {b.fence} began"

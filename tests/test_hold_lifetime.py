@@ -231,6 +231,26 @@ async def test_body_ending_because_of_the_loss_raises_lease_lost(anyio_backend: 
     assert lost.value.__cause__ is None
 
 
+async def test_body_that_ends_by_itself_after_its_lease_expired_raises_lease_lost(
+    anyio_backend: str,
+) -> None:
+    # A paused process (SIGSTOP, a blocked event loop) whose body ends on its own once it
+    # resumes, before the lease's deadline could cancel it: it ran on a lease another holder
+    # may have had meanwhile, so it is told (issue 15, found by the chaos run's pauses).
+    import time
+
+    lock = MemoryThreadLock()
+    ttl = 0.3
+    with pytest.raises(LeaseLost) as lost:
+        async with lock.hold("k", ttl=ttl) as lease:
+            time.sleep(ttl * 1.5)  # the whole event loop stops past the TTL, then resumes
+    assert lost.value.fence == lease.fence
+    assert "expired before the body ended" in str(lost.value)
+    again = await lock.acquire("k", ttl=TTL, timeout=0)
+    assert again.fence > lease.fence
+    assert await lock.release(again)
+
+
 async def test_body_exception_without_a_loss_has_no_note(anyio_backend: str) -> None:
     lock = MemoryThreadLock()
     with pytest.raises(KeyError) as raised:

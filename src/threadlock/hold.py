@@ -282,6 +282,10 @@ class Hold:
         assert self._group is not None
         assert self._body is not None
         assert self._stop is not None
+        # A body that ended by itself after the lease's local expiry ran on a lease it may no
+        # longer have (the process was paused, SIGSTOP or a blocked event loop, and the body's
+        # own wake-up ran before the deadline's cancellation): it is told, as a cancelled one.
+        overran = exc is None and self._lost is None and anyio.current_time() >= self._deadline
         self._wake = None
         if anyio.get_current_task().id != self._task_id:
             await self._exit_elsewhere(exc)
@@ -316,6 +320,12 @@ class Hold:
             return
         if self._lost is not None:
             raise self._lost from None
+        if overran and self._deadline < self._max_hold_at:
+            assert self._lease is not None
+            lost = LeaseLost(self._key, self._lease.fence, "expired before the body ended")
+            self._lost = lost
+            self._observer.lost(self._kind, lost.key, lost.fence, lost.detail or "expired")
+            raise lost from None
         if body.cancelled_caught:
             if self._deadline < self._max_hold_at:  # the lease ran out before max_hold
                 assert self._lease is not None

@@ -130,3 +130,34 @@ async def test_proxy_forwards_stalls_and_resets() -> None:
         assert proxy.counts["stall"] == 1
         assert proxy.counts["reset"] == 1
         tg.cancel_scope.cancel()
+
+
+def test_a_paused_holder_and_a_resumed_waiter_are_counted_and_a_double_grant_caught() -> None:
+    # worker "p" is stopped from 100 to 3100 ms: its holder (lease to 2000 ms) is stale and
+    # ends 5 ms after SIGCONT, told LeaseLost; its waiter (acquire called at 50 ms) is
+    # granted after SIGCONT, while "q" still holds the key without being told: caught.
+    def at(ms: int) -> int:
+        return T0 + ms * MS
+
+    holder = Section("k", 1, at(0), at(10), at(3105), "lost", "0", at(2000), "p")
+    taker = Section("k", 2, at(2100), at(2100), at(2200), "ok", "1", 0, "q")
+    other = Section("j", 1, at(3000), at(3000), at(3500), "ok", "1", 0, "q")
+    waiter = Section("j", 2, at(50), at(3200), at(3300), "ok", "1", 0, "p")
+    pause = Fault("pause", at(100), at(3100), target="p")
+    report = run_check([holder, taker, other, waiter], [pause])
+    assert (report.paused_holders, report.paused_waiters, report.stale_after_resume) == (1, 1, 1)
+    assert report.worst_stale_end_after_resume_ms == 5.0
+    assert report.resumed_waiter_double_grants == 1
+    assert report.violations >= 1
+
+
+def test_a_partition_stale_body_is_timed_from_the_heal() -> None:
+    def at(ms: int) -> int:
+        return T0 + ms * MS
+
+    body = Section("k", 1, at(0), at(0), at(2500), "lost", "0", at(2000), "w")
+    partition = Fault("partition", at(500), at(4000))
+    report = run_check([body], [partition])
+    assert report.stale_after_heal == 1
+    assert report.worst_stale_end_after_heal_ms == -1500.0  # cancelled before the heal
+    assert report.violations == 0

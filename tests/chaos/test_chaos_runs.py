@@ -1,7 +1,8 @@
 """The chaos run of ``benchmarks/chaos.py`` against Redis, Postgres and memory, short version.
 
 Each run is fixed in size and printed: 4 worker processes x 3 tasks over 50 keys for
-``DURATION`` seconds, with SIGKILLs, server restarts and a fault-injecting proxy (memory:
+``DURATION`` seconds, with SIGKILLs, SIGSTOP/SIGCONT pauses past the TTL, partitions that
+heal, server restarts and a fault-injecting proxy (memory:
 tasks, cancellations and event-loop stalls). The long run is ``python -m benchmarks.chaos``
 (see docs/reliability.md), with the same profile for longer. Proxy stalls stay below half the
 TTL: longer ones hit a known defect of ``hold()`` (see ``test_chaos_repros.py``).
@@ -39,6 +40,7 @@ def _run(config: ChaosConfig, capsys: pytest.CaptureFixture[str]) -> ChaosReport
 
 def _assert_clean(report: ChaosReport) -> None:
     assert report.violations == 0, report.text()
+    assert report.resumed_waiter_double_grants == 0, report.text()
     assert report.held_after == 0, report.text()
     assert report.leftover_keys == 0, report.text()
     assert not report.unexpected, report.text()
@@ -54,6 +56,14 @@ def test_chaos_redis(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.kills >= 3
     assert report.restarts >= 1
     assert report.faults.get("stall", 0) + report.faults.get("reset", 0) >= 10
+    _assert_paused_and_partitioned(report)
+
+
+def _assert_paused_and_partitioned(report: ChaosReport) -> None:
+    # SIGSTOP past the TTL, then SIGCONT; a frozen proxy, then a heal (issue 15)
+    assert report.faults.get("pause", 0) >= 1, report.text()
+    assert report.faults.get("partition", 0) >= 1, report.text()
+    assert report.paused_holders + report.paused_waiters >= 1, report.text()
 
 
 def test_chaos_postgres(capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,6 +79,7 @@ def test_chaos_postgres(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.kills >= 3
     assert report.restarts >= 1
     assert report.faults.get("stall", 0) + report.faults.get("reset", 0) >= 10
+    _assert_paused_and_partitioned(report)
 
 
 def test_chaos_memory(capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,7 +35,7 @@ from threadlock.backends.redis.registry import (
     RedisRunRegistry,
 )
 from threadlock.backends.redis.scripts import RedisCommands, for_each_bounded
-from threadlock.backends.redis.urls import client_from_url
+from threadlock.backends.redis.urls import client_from_url, close_client
 from threadlock.backends.redis.wakeup import PubSubHub
 from threadlock.errors import BackendError, LeaseLost, ThreadBusy
 from threadlock.observe import Observer
@@ -497,7 +497,7 @@ class RedisThreadLock(RedisRunRegistry, BaseThreadLock):
         if self._owns_client:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._client.aclose()
+                    await close_client(self._client)
                 except Exception:  # pragma: no cover - best effort at shutdown
                     logger.debug("closing the redis client failed", exc_info=True)
 

@@ -95,3 +95,12 @@ def _sentinel_client(parts: Any, tls: bool, options: dict[str, Any]) -> aioredis
     )
     client: aioredis.Redis = sentinel.master_for(service)
     return client
+
+
+async def close_client(client: aioredis.Redis | RedisCluster) -> None:
+    """Close ``client``; a Sentinel-managed client's connections to the sentinels too."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from tests._inbox_burst import burst_with_a_dead_letter
 
 import threadlock
 import threadlock.backends.base as base_module
@@ -112,6 +113,23 @@ class Recorder(Observer):
 
     def hold_scope(self, backend: str, key: str) -> Any:
         return _RecordedScope(self, "hold", key)
+
+    def inbox_posted(self, backend: str, key: str, message_id: str, stored: bool) -> None:
+        self.calls.append(("inbox_posted", backend, key, message_id, stored))
+
+    def inbox_batch(
+        self, backend: str, key: str, fence: int, size: int, skipped: int, attempt: int
+    ) -> None:
+        self.calls.append(("inbox_batch", backend, key, fence, size, skipped, attempt))
+
+    def inbox_pending(self, backend: str, key: str, pending: int) -> None:
+        self.calls.append(("inbox_pending", backend, key, pending))
+
+    def inbox_superseded(self, backend: str, key: str, fence: int) -> None:
+        self.calls.append(("inbox_superseded", backend, key, fence))
+
+    def inbox_dead_letter(self, backend: str, key: str, message_id: str, attempts: int) -> None:
+        self.calls.append(("inbox_dead_letter", backend, key, message_id, attempts))
 
     def turn_scope(self, api: str, backend: str, key: str) -> Any:
         return _RecordedScope(self, f"turn:{api}", key)
@@ -407,6 +425,46 @@ async def test_guard_events(lock: MemoryThreadLock, caplog: pytest.LogCaptureFix
     started, ended = events(caplog, "turn.started"), events(caplog, "turn.ended")
     assert [(r.api, r.key) for r in started] == [("thread", thread)]
     assert ended[0].outcome == "ok"
+
+
+async def test_inbox_events(lock: MemoryThreadLock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="threadlock")
+    await burst_with_a_dead_letter(lock)
+    posted = events(caplog, "inbox.posted")
+    assert [(r.key, r.message_id, r.stored) for r in posted] == [
+        ("chat", "m0", True),
+        ("chat", "m1", True),
+        ("chat", "m2", True),
+        ("chat", "m1", False),
+        ("bad", "x", True),
+    ]
+    assert {r.backend for r in posted} == {"memory"}
+    batches = events(caplog, "inbox.batch")
+    assert [(r.key, r.size, r.skipped, r.attempt) for r in batches] == [
+        ("chat", 1, 0, 1),
+        ("chat", 2, 0, 1),
+        ("bad", 1, 0, 1),
+    ]
+    assert batches[0].fence == batches[1].fence  # one owner, one lease, two batches
+    (superseded,) = events(caplog, "inbox.superseded")
+    assert (superseded.key, superseded.fence) == ("chat", batches[0].fence)
+    (dead,) = events(caplog, "inbox.dead_letter")
+    assert dead.levelno == logging.WARNING
+    assert (dead.key, dead.message_id, dead.attempts) == ("bad", "x", 1)
+
+
+async def test_inbox_hooks_reach_every_combined_member(lock: MemoryThreadLock) -> None:
+    first, second = Recorder(), Recorder()
+    lock.observer = combine(first, second)
+    await burst_with_a_dead_letter(lock)
+    for recorder in (first, second):
+        hooks = [call[0] for call in recorder.calls if call[0].startswith("inbox_")]
+        assert hooks.count("inbox_posted") == 5
+        assert hooks.count("inbox_batch") == 3
+        assert hooks.count("inbox_superseded") == 1
+        assert hooks.count("inbox_dead_letter") == 1
+        pending = [c[1:] for c in recorder.calls if c[0] == "inbox_pending"]
+        assert pending[-1] == ("memory", "bad", 0)
 
 
 async def test_conversation_locked_then_busy(

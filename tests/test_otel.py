@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from tests._inbox_burst import burst_with_a_dead_letter
 
 from threadlock import LeaseLost, LoggingObserver, MemoryThreadLock, ThreadBusy, combine
 from threadlock.openai import guard_conversation
@@ -176,6 +177,24 @@ async def test_turn_span_is_the_parent_of_the_hold(
     assert turn_span.attributes is not None
     assert turn_span.attributes["threadlock.api"] == "conversation"
     assert turn_span.attributes["threadlock.key"] == conversation
+
+
+async def test_inbox_signals_are_span_events(
+    lock: MemoryThreadLock, exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    with provider.get_tracer("bot").start_as_current_span("bot"):
+        await burst_with_a_dead_letter(lock)
+    found: dict[str, list[dict[str, object]]] = {}
+    for span in exporter.get_finished_spans():
+        for event in span.events:
+            found.setdefault(event.name, []).append(dict(event.attributes or {}))
+    assert len(found["threadlock.inbox_posted"]) == 5
+    sizes = [e["threadlock.batch_size"] for e in found["threadlock.inbox_batch"]]
+    assert sizes == [1, 2, 1]
+    assert [e["threadlock.key"] for e in found["threadlock.inbox_superseded"]] == ["chat"]
+    (dead,) = found["threadlock.inbox_dead_letter"]
+    assert (dead["threadlock.message_id"], dead["threadlock.attempts"]) == ("x", 1)
+    assert found["threadlock.inbox_pending"][-1]["threadlock.pending"] == 0
 
 
 async def test_combined_with_logging(

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from tests._inbox_burst import burst_with_a_dead_letter
 
 from threadlock import (
     BackendError,
+    Inbox,
     Lease,
     LeaseLost,
     LoggingObserver,
@@ -235,6 +237,34 @@ async def test_observers_on_one_registry_share_the_metrics(registry: CollectorRe
     names = {m.name for m in other.collect()}
     assert "bots_busy" in names
     assert "bots_locks_held" in names
+
+
+async def test_inbox_batch_sizes_pending_and_dead_letters(
+    lock: MemoryThreadLock, registry: CollectorRegistry
+) -> None:
+    await burst_with_a_dead_letter(lock)
+    assert value(registry, "threadlock_inbox_batch_size_count") == 3
+    assert value(registry, "threadlock_inbox_batch_size_sum") == 4  # 1 + 2 on chat, 1 on bad
+    assert value(registry, "threadlock_inbox_batch_size_bucket", le="1.0") == 2
+    assert value(registry, "threadlock_inbox_dead_letters_total") == 1
+    assert value(registry, "threadlock_inbox_pending") == 0  # every key released, empty
+
+
+async def test_the_pending_gauge_counts_what_waits_on_owned_keys(
+    lock: MemoryThreadLock, registry: CollectorRegistry
+) -> None:
+    inbox = Inbox(lock)
+    seen: list[float] = []
+    async with inbox.turns("chat", "m0", id="m0") as turns:
+        async for batch in turns:
+            seen.append(value(registry, "threadlock_inbox_pending"))
+            if batch.messages[0].id == "m0":
+                for index in (1, 2):
+                    async with inbox.turns("chat", f"m{index}", id=f"m{index}") as others:
+                        async for _ in others:
+                            pytest.fail("the key is owned")
+    assert seen == [1, 2]  # read when each batch was taken
+    assert value(registry, "threadlock_inbox_pending") == 0
 
 
 def test_no_key_in_any_label(registry: CollectorRegistry) -> None:

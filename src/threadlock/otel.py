@@ -17,8 +17,12 @@ Attributes: ``threadlock.key``, ``threadlock.backend``, and on the acquire span
 ``threadlock.waiting``, ``threadlock.lease_lost``, ``threadlock.renew_failed``,
 ``threadlock.release_failed``, ``threadlock.run_waiting``,
 ``threadlock.conversation_locked``, ``threadlock.run_adopted``,
-``threadlock.orphan_cancelled``. A block that ends with an exception gets it recorded and the
-span status set to ERROR; a cancelled block is marked ``threadlock.cancelled = true``.
+``threadlock.orphan_cancelled``; for the inbox ``threadlock.inbox_posted``,
+``threadlock.inbox_batch`` (``threadlock.batch_size``, ``threadlock.skipped``,
+``threadlock.attempt``), ``threadlock.inbox_pending`` (``threadlock.pending``),
+``threadlock.inbox_superseded`` and ``threadlock.inbox_dead_letter``. A block that ends with
+an exception gets it recorded and the span status set to ERROR; a cancelled block is marked
+``threadlock.cancelled = true``.
 
 Only ``opentelemetry-api`` is used; it is imported when the observer is built, not when
 ``threadlock`` is. Without an SDK configured every span is a no-op.
@@ -236,6 +240,55 @@ class OtelObserver(Observer):
         self._event(
             "threadlock.orphan_cancelled",
             {"threadlock.key": key, "threadlock.kind": kind, "threadlock.run_id": run_id},
+        )
+
+    def inbox_posted(self, backend: str, key: str, message_id: str, stored: bool) -> None:
+        self._event(
+            "threadlock.inbox_posted",
+            {
+                "threadlock.key": key,
+                "threadlock.backend": backend,
+                "threadlock.message_id": message_id,
+                "threadlock.stored": stored,
+            },
+        )
+
+    def inbox_batch(
+        self, backend: str, key: str, fence: int, size: int, skipped: int, attempt: int
+    ) -> None:
+        self._event(
+            "threadlock.inbox_batch",
+            {
+                "threadlock.key": key,
+                "threadlock.backend": backend,
+                "threadlock.fence": fence,
+                "threadlock.batch_size": size,
+                "threadlock.skipped": skipped,
+                "threadlock.attempt": attempt,
+            },
+        )
+
+    def inbox_pending(self, backend: str, key: str, pending: int) -> None:
+        self._event(
+            "threadlock.inbox_pending",
+            {"threadlock.key": key, "threadlock.backend": backend, "threadlock.pending": pending},
+        )
+
+    def inbox_superseded(self, backend: str, key: str, fence: int) -> None:
+        self._event(
+            "threadlock.inbox_superseded",
+            {"threadlock.key": key, "threadlock.backend": backend, "threadlock.fence": fence},
+        )
+
+    def inbox_dead_letter(self, backend: str, key: str, message_id: str, attempts: int) -> None:
+        self._event(
+            "threadlock.inbox_dead_letter",
+            {
+                "threadlock.key": key,
+                "threadlock.backend": backend,
+                "threadlock.message_id": message_id,
+                "threadlock.attempts": attempts,
+            },
         )
 
 

@@ -12,6 +12,9 @@ metric                                                  type       labels
 ``threadlock_hold_seconds``                             histogram  ``backend``
 ``threadlock_leases_lost_total``                        counter    ``backend``
 ``threadlock_renewals_total``                           counter    ``backend``
+``threadlock_inbox_batch_size``                         histogram  ``backend``
+``threadlock_inbox_pending``                            gauge      ``backend``
+``threadlock_inbox_dead_letters_total``                 counter    ``backend``
 ======================================================  =========  ======================
 
 Labels never carry the key (one time series per conversation would swamp Prometheus).
@@ -37,7 +40,7 @@ from threadlock.observe import Observer
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["ACQUIRE_WAIT_BUCKETS", "HOLD_BUCKETS", "PrometheusObserver"]
+__all__ = ["ACQUIRE_WAIT_BUCKETS", "BATCH_SIZE_BUCKETS", "HOLD_BUCKETS", "PrometheusObserver"]
 
 #: Buckets of ``threadlock_acquire_wait_seconds``: from an uncontended grant to a long queue.
 ACQUIRE_WAIT_BUCKETS: Final = (
@@ -76,6 +79,10 @@ HOLD_BUCKETS: Final = (
     300.0,
     600.0,
 )
+
+
+#: Buckets of ``threadlock_inbox_batch_size``: messages answered in one batch.
+BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 50.0, 100.0)
 
 
 class _Metrics:
@@ -125,6 +132,25 @@ class _Metrics:
         self.renewals = prom.Counter(
             "renewals",
             "Successful lease renewals (extend).",
+            ["backend"],
+            **common,
+        )
+        self.batch_size = prom.Histogram(
+            "inbox_batch_size",
+            "Messages answered in one inbox batch.",
+            ["backend"],
+            buckets=BATCH_SIZE_BUCKETS,
+            **common,
+        )
+        self.pending = prom.Gauge(
+            "inbox_pending",
+            "Messages waiting in the inboxes of the keys this process owns now.",
+            ["backend"],
+            **common,
+        )
+        self.dead_letters = prom.Counter(
+            "inbox_dead_letters",
+            "Inbox messages moved to the dead letters after max_attempts failures.",
             ["backend"],
             **common,
         )
@@ -183,6 +209,8 @@ class PrometheusObserver(Observer):
         # Leases seen acquired and not yet released -> whether the gauge still counts them
         # (a lost lease leaves the gauge at once, and the histogram at its release).
         self._held: dict[tuple[str, str, int], bool] = {}
+        # Keys this process owns -> the pending count last counted in the gauge for them.
+        self._pending: dict[tuple[str, str], int] = {}
         self._registry = registry
 
     @property
@@ -224,3 +252,19 @@ class PrometheusObserver(Observer):
 
     def orphan_cancelled(self, backend: str, key: str, kind: str, run_id: str) -> None:
         self._metrics.orphans.labels(backend, kind).inc()
+
+    def inbox_batch(
+        self, backend: str, key: str, fence: int, size: int, skipped: int, attempt: int
+    ) -> None:
+        self._metrics.batch_size.labels(backend).observe(size)
+
+    def inbox_pending(self, backend: str, key: str, pending: int) -> None:
+        owned = (backend, key)
+        before = self._pending.pop(owned, 0)
+        if pending > 0:
+            self._pending[owned] = pending
+        if pending != before:
+            self._metrics.pending.labels(backend).inc(pending - before)
+
+    def inbox_dead_letter(self, backend: str, key: str, message_id: str, attempts: int) -> None:
+        self._metrics.dead_letters.labels(backend).inc()

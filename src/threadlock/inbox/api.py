@@ -38,6 +38,7 @@ from threadlock.inbox.types import (
     decode_payload,
     encode_payload,
 )
+from threadlock.observe import backend_kind, observer_of
 
 if TYPE_CHECKING:
     from threadlock._lease import Lease
@@ -264,14 +265,16 @@ class Inbox:
 
     async def _run(self, s: _Settings) -> AsyncGenerator[Batch, None]:
         store = self._store
+        observer, kind = observer_of(self._lock), backend_kind(self._lock)
         if s.payload is not None:  # None: a sweep, which owns a key without posting
-            await store.append(
+            stored = await store.append(
                 s.key,
                 s.message_id,
                 s.payload,
                 max_pending=self._max_pending,
                 entry_ttl=self._entry_ttl,
             )
+            observer.inbox_posted(kind, s.key, s.message_id, stored)
         hold = self._lock.hold(s.key, ttl=s.ttl, timeout=0)
         try:
             lease = await hold.__aenter__()
@@ -286,9 +289,18 @@ class Inbox:
             while taken is not None:
                 if s.strategy == "debounce":
                     taken = await self._settle(lease, taken, s, limit)
+                observer.inbox_pending(kind, s.key, taken.pending)
                 if taken.messages:
                     batch = self._batch(lease, taken, s)
                     ids = [m.id for m in taken.messages]
+                    observer.inbox_batch(
+                        kind,
+                        s.key,
+                        lease.fence,
+                        len(batch.messages),
+                        len(batch.skipped),
+                        batch.attempt,
+                    )
                     try:
                         yield batch
                     except Exception:
@@ -297,7 +309,9 @@ class Inbox:
                     await self._ack(lease, ids)
                 taken = await store.finish(lease, limit)
             released = True
+            observer.inbox_pending(kind, s.key, 0)
         except BaseException as error:
+            observer.inbox_pending(kind, s.key, 0)  # this worker no longer owns the key
             await hold.__aexit__(type(error), error, error.__traceback__)
             raise
         try:
@@ -315,9 +329,13 @@ class Inbox:
             answered, skipped = records, []
         seen = taken.newest_seq
         store, key = self._store, s.key
+        observer, kind = observer_of(self._lock), backend_kind(self._lock)
 
         async def superseded() -> bool:
-            return await store.newest_seq(key) > seen
+            newer = await store.newest_seq(key) > seen
+            if newer:
+                observer.inbox_superseded(kind, key, lease.fence)
+            return newer
 
         return Batch(
             messages=[_message(r) for r in answered],
@@ -348,10 +366,14 @@ class Inbox:
             raise LeaseLost(lease.key, lease.fence, "the batch was not acknowledged")
 
     async def _nack(self, lease: Lease, ids: Sequence[str], s: _Settings) -> None:
+        dead: list[str] | None = None
         with anyio.move_on_after(_SHIELD_TIMEOUT, shield=True):
-            await self._store.nack(
+            dead = await self._store.nack(
                 lease, ids, max_attempts=s.max_attempts, entry_ttl=self._entry_ttl
             )
+        observer, kind = observer_of(self._lock), backend_kind(self._lock)
+        for message_id in dead or ():
+            observer.inbox_dead_letter(kind, lease.key, message_id, s.max_attempts)
 
 
 class _Settings:

@@ -147,6 +147,23 @@ class CombinedObserver(Observer):
     def recovery_retry(self, what: str, error: str, delay: float) -> None:
         self._each("recovery_retry", what, error, delay)
 
+    def inbox_posted(self, backend: str, key: str, message_id: str, stored: bool) -> None:
+        self._each("inbox_posted", backend, key, message_id, stored)
+
+    def inbox_batch(
+        self, backend: str, key: str, fence: int, size: int, skipped: int, attempt: int
+    ) -> None:
+        self._each("inbox_batch", backend, key, fence, size, skipped, attempt)
+
+    def inbox_pending(self, backend: str, key: str, pending: int) -> None:
+        self._each("inbox_pending", backend, key, pending)
+
+    def inbox_superseded(self, backend: str, key: str, fence: int) -> None:
+        self._each("inbox_superseded", backend, key, fence)
+
+    def inbox_dead_letter(self, backend: str, key: str, message_id: str, attempts: int) -> None:
+        self._each("inbox_dead_letter", backend, key, message_id, attempts)
+
     def orphan_cancelled(self, backend: str, key: str, kind: str, run_id: str) -> None:
         self._each("orphan_cancelled", backend, key, kind, run_id)
 

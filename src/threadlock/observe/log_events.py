@@ -316,6 +316,81 @@ class LoggingObserver(Observer):
                 },
             )
 
+    def inbox_posted(self, backend: str, key: str, message_id: str, stored: bool) -> None:
+        log = self._log
+        if log.isEnabledFor(logging.DEBUG):
+            _emit(
+                log,
+                logging.DEBUG,
+                "inbox %r: message %s %s",
+                key,
+                message_id,
+                "posted" if stored else "already posted (duplicate id, not stored)",
+                extra={
+                    "event": "inbox.posted",
+                    "backend": backend,
+                    "key": key,
+                    "message_id": message_id,
+                    "stored": stored,
+                },
+            )
+
+    def inbox_batch(
+        self, backend: str, key: str, fence: int, size: int, skipped: int, attempt: int
+    ) -> None:
+        log = self._log
+        if log.isEnabledFor(logging.DEBUG):
+            _emit(
+                log,
+                logging.DEBUG,
+                "inbox %r: batch of %d (fence %d, %d skipped, attempt %d)",
+                key,
+                size,
+                fence,
+                skipped,
+                attempt,
+                extra={
+                    "event": "inbox.batch",
+                    "backend": backend,
+                    "key": key,
+                    "fence": fence,
+                    "size": size,
+                    "skipped": skipped,
+                    "attempt": attempt,
+                },
+            )
+
+    def inbox_superseded(self, backend: str, key: str, fence: int) -> None:
+        log = self._log
+        if log.isEnabledFor(logging.DEBUG):
+            _emit(
+                log,
+                logging.DEBUG,
+                "inbox %r: batch superseded by newer messages (fence %d)",
+                key,
+                fence,
+                extra={"event": "inbox.superseded", "backend": backend, "key": key, "fence": fence},
+            )
+
+    def inbox_dead_letter(self, backend: str, key: str, message_id: str, attempts: int) -> None:
+        log = self._log
+        if log.isEnabledFor(logging.WARNING):
+            _emit(
+                log,
+                logging.WARNING,
+                "inbox %r: message %s failed %d times; moved to the dead letters",
+                key,
+                message_id,
+                attempts,
+                extra={
+                    "event": "inbox.dead_letter",
+                    "backend": backend,
+                    "key": key,
+                    "message_id": message_id,
+                    "attempts": attempts,
+                },
+            )
+
 
 class _LoggedTurn:
     """``turn.started`` / ``turn.ended`` at DEBUG."""

@@ -121,3 +121,25 @@ class Observer:
 
     def orphan_cancelled(self, backend: str, key: str, kind: str, run_id: str) -> None:
         """Recovery cancelled an orphaned run or background response (``kind``)."""
+
+    # -- the inbox ---------------------------------------------------------------------------
+
+    def inbox_posted(self, backend: str, key: str, message_id: str, stored: bool) -> None:
+        """A message was posted to ``key``'s inbox; ``stored`` is ``False`` for a duplicate id
+        (nothing was stored)."""
+
+    def inbox_batch(
+        self, backend: str, key: str, fence: int, size: int, skipped: int, attempt: int
+    ) -> None:
+        """The owner of ``key`` (lease ``fence``) starts answering a batch of ``size``
+        messages (``skipped`` more acknowledged unanswered by ``latest``)."""
+
+    def inbox_pending(self, backend: str, key: str, pending: int) -> None:
+        """The owner of ``key`` read ``pending`` messages waiting; 0 when it stops owning the
+        key (released with the inbox empty, or left by an exception)."""
+
+    def inbox_superseded(self, backend: str, key: str, fence: int) -> None:
+        """``batch.superseded()`` found newer messages than the batch on ``key``."""
+
+    def inbox_dead_letter(self, backend: str, key: str, message_id: str, attempts: int) -> None:
+        """A message failed ``attempts`` times and became a dead letter."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import anyio
 import openai
 
+from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
 from threadlock.observe import Observer, backend_kind, observer_of
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from openai.types.responses import ParsedResponse, Response
     from openai.types.responses import ResponseStreamEvent as RawResponseStreamEvent
 
-    from threadlock._lease import Lease
     from threadlock.hold import Hold
     from threadlock.observe import Scope
 
@@ -100,7 +100,7 @@ class _Turn:
         client: openai.AsyncOpenAI,
         key: str,
         lock: ThreadLock,
-        hold: Hold,
+        hold: Hold | _Borrowed,
         timeout: float | None,
     ) -> None:
         self._client = client
@@ -146,16 +146,54 @@ class _Turn:
         await self._registry.untrack_run(self._key, run_id)
 
 
+class _Borrowed:
+    """A lease the caller already holds (an inbox batch's): the guard runs its turn under it
+    and neither acquires, renews nor releases it. Entering checks that the lock still shows
+    this lease on the key, and raises :class:`~threadlock.LeaseLost` otherwise."""
+
+    def __init__(self, lock: ThreadLock, lease: Lease) -> None:
+        self._lock = lock
+        self.lease = lease
+
+    async def __aenter__(self) -> Lease:
+        info = await self._lock.inspect(self.lease.key)
+        if info is None or info.fence != self.lease.fence:
+            raise LeaseLost(self.lease.key, self.lease.fence, "the borrowed lease is not held")
+        return self.lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _check_lease(lease: object, key: str) -> Lease:
+    if not isinstance(lease, Lease):
+        raise TypeError(f"lease must be a threadlock.Lease, not {type(lease).__name__}")
+    if lease.key != key:
+        raise ValueError(f"lease must be a lease on {key!r}, got one on {lease.key!r}")
+    return lease
+
+
 class _Guard(Generic[TurnT]):
-    """Enter: take the lease, then wait for what is still running. Exit: release."""
+    """Enter: take the lease (or check a borrowed one), then wait for what is still running.
+    Exit: release (a borrowed lease stays with its holder)."""
 
     _api = "turn"  # the ``api`` told to Observer.turn_scope
 
-    def __init__(self, lock: ThreadLock, key: str, ttl: float, timeout: float | None) -> None:
+    def __init__(
+        self,
+        lock: ThreadLock,
+        key: str,
+        ttl: float,
+        timeout: float | None,
+        lease: Lease | None = None,
+    ) -> None:
         self._lock = lock
         self._key = key
         self._timeout = timeout
-        self._hold: Hold = lock.hold(key, ttl=ttl, timeout=timeout)  # type: ignore[assignment]
+        if lease is not None:
+            self._hold: Hold | _Borrowed = _Borrowed(lock, _check_lease(lease, key))
+        else:
+            self._hold = lock.hold(key, ttl=ttl, timeout=timeout)  # type: ignore[assignment]
         self._turn: TurnT | None = None
         self._scope: Scope | None = None
 
@@ -285,7 +323,7 @@ class ConversationTurn(_Turn):
         client: openai.AsyncOpenAI,
         key: str,
         lock: ThreadLock,
-        hold: Hold,
+        hold: Hold | _Borrowed,
         timeout: float | None,
         conversation_id: str | None,
         chain: str | None,
@@ -487,6 +525,7 @@ class ConversationGuard(_Guard[ConversationTurn]):
         ttl: float,
         timeout: float | None,
         chain: str | None,
+        lease: Lease | None = None,
     ) -> None:
         _check_client(client)
         _check_registry(lock)
@@ -503,7 +542,7 @@ class ConversationGuard(_Guard[ConversationTurn]):
                 )
         key = chain if chain is not None else conversation_id
         assert key is not None
-        super().__init__(lock, key, check_ttl(ttl), check_timeout(timeout))
+        super().__init__(lock, key, check_ttl(ttl), check_timeout(timeout), lease)
         self._client = client
         self._conversation_id = conversation_id
         self._chain = chain
@@ -552,6 +591,7 @@ def guard_conversation(
     ttl: float = 30.0,
     timeout: float | None = 300.0,
     chain: str | None = None,
+    lease: Lease | None = None,
 ) -> ConversationGuard:
     """Guard one turn on an OpenAI conversation; ``async with`` yields a
     :class:`ConversationTurn`.
@@ -563,9 +603,15 @@ def guard_conversation(
     still running) and the ``conversation_locked`` retries; when it runs out the guard raises
     :class:`~threadlock.ThreadBusy`. ``lock`` must also be a
     :class:`~threadlock.RunRegistry` (and a :class:`~threadlock.ChainStore` for chains).
+
+    ``lease`` runs the turn under a lease the caller already holds on the key, such as an
+    inbox batch's ``batch.lease``: the guard then neither acquires nor releases (its holder
+    renews it; ``ttl`` is unused), and still waits for active runs, records the runs it starts
+    and moves the chain head under that lease's fence. Entering raises
+    :class:`~threadlock.LeaseLost` if the lock no longer shows that lease on the key.
     """
     return ConversationGuard(
-        client, conversation_id, lock=lock, ttl=ttl, timeout=timeout, chain=chain
+        client, conversation_id, lock=lock, ttl=ttl, timeout=timeout, chain=chain, lease=lease
     )
 
 
@@ -731,11 +777,12 @@ class ThreadGuard(_Guard[ThreadTurn]):
         lock: ThreadLock,
         ttl: float,
         timeout: float | None,
+        lease: Lease | None = None,
     ) -> None:
         _check_client(client)
         _check_registry(lock)
         check_key(thread_id, "thread_id")
-        super().__init__(lock, thread_id, check_ttl(ttl), check_timeout(timeout))
+        super().__init__(lock, thread_id, check_ttl(ttl), check_timeout(timeout), lease)
         self._client = client
 
     def _make_turn(self) -> ThreadTurn:
@@ -761,6 +808,7 @@ def guard_thread(
     lock: ThreadLock,
     ttl: float = 30.0,
     timeout: float | None = 300.0,
+    lease: Lease | None = None,
 ) -> ThreadGuard:
     """Guard one turn on an Assistants thread; ``async with`` yields a :class:`ThreadTurn`.
 
@@ -770,5 +818,8 @@ def guard_thread(
 
     The Assistants API is deprecated; OpenAI's own service shut it down on 2026-08-26, and
     compatible servers still serve it.
+
+    ``lease`` runs the turn under a lease the caller already holds on ``thread_id`` (an inbox
+    batch's ``batch.lease``), as in :func:`guard_conversation`: no acquire, no release.
     """
-    return ThreadGuard(client, thread_id, lock=lock, ttl=ttl, timeout=timeout)
+    return ThreadGuard(client, thread_id, lock=lock, ttl=ttl, timeout=timeout, lease=lease)

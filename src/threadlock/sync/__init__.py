@@ -14,6 +14,7 @@ daemon thread started at the first call and started again in the child of a fork
 object serves every thread of the process. See ``docs/sync.md``.
 """
 
+from threadlock.sync._inbox import Inbox, SyncBatch, SyncTurns
 from threadlock.sync._lock import SyncHold, SyncThreadLock, from_env, from_url
 from threadlock.sync._openai import (
     SyncConversationGuard,
@@ -26,12 +27,15 @@ from threadlock.sync._openai import (
 )
 
 __all__ = [
+    "Inbox",
+    "SyncBatch",
     "SyncConversationGuard",
     "SyncConversationTurn",
     "SyncHold",
     "SyncThreadGuard",
     "SyncThreadLock",
     "SyncThreadTurn",
+    "SyncTurns",
     "from_env",
     "from_url",
     "guard_conversation",

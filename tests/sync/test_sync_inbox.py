@@ -130,6 +130,34 @@ def test_an_exception_out_of_a_bare_for_counts_no_attempt(lock: SyncThreadLock) 
     assert inbox.dead_letters("plain") == []
 
 
+class LossSignal(threadlock.Observer):
+    """Sets a threading.Event when a lease is found lost (the hold's renewal saw it)."""
+
+    def __init__(self) -> None:
+        self.lost_event = threading.Event()
+
+    def lost(self, backend: str, key: str, fence: int, detail: str) -> None:
+        self.lost_event.set()
+
+
+def test_a_lease_lost_mid_batch_raises_and_leaves_the_batch_pending(
+    lock: SyncThreadLock,
+) -> None:
+    signal = LossSignal()
+    lock.backend.observer = signal  # type: ignore[attr-defined]
+    inbox = Inbox(lock)
+    body_ran_on = False
+    with pytest.raises(LeaseLost) as lost, inbox.turns("lose", "l", id="l", ttl=0.6) as turns:
+        for batch in turns:
+            lock.release(batch.lease)  # someone else's release: the next renewal is refused
+            assert signal.lost_event.wait(10)
+            body_ran_on = True  # sync code is not interrupted; the loss comes after the body
+    assert body_ran_on
+    assert lost.value.key == "lose"
+    assert [m.id for m in inbox.pending("lose")] == ["l"]  # not acknowledged
+    assert lock.inspect("lose") is None
+
+
 def test_turns_checks_its_arguments_before_storing(lock: SyncThreadLock) -> None:
     inbox = Inbox(lock)
     with pytest.raises(ValueError, match="strategy"):

@@ -7,8 +7,10 @@ free afterwards (``lock.inspect(key) is None``); none depends on timing.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -247,6 +249,27 @@ def test_sweep_answers_a_stranded_key_with_a_blocking_handler(
     assert lock.inspect("lost") is None
 
 
+def test_sweep_handler_runs_a_guarded_turn_under_the_batch_lease(
+    sweepable_lock: SyncThreadLock,
+) -> None:
+    lock = sweepable_lock
+    fake = FakeOpenAI(response_duration=0.01)
+    client = sync_client(fake)
+    conversation_id = fake.add_conversation()
+    inbox = Inbox(lock)
+    for _ in inbox.turns(conversation_id, "left behind"):
+        break
+
+    def handler(batch: SyncBatch) -> None:
+        with guard_conversation(client, conversation_id, lock=lock, lease=batch.lease) as turn:
+            turn.create(model="gpt-test", input=str(batch.messages[0].payload))
+
+    assert inbox.sweep(handler) == 1
+    assert fake.conversation_inputs(conversation_id) == ["left behind"]
+    assert inbox.pending(conversation_id) == []
+    assert lock.inspect(conversation_id) is None
+
+
 def test_serve_sweeps_until_stopped(sweepable_lock: SyncThreadLock) -> None:
     lock = sweepable_lock
     inbox = Inbox(lock)
@@ -329,3 +352,29 @@ def test_guard_thread_runs_under_the_batch_lease(lock: SyncThreadLock) -> None:
     assert fake.concurrency_errors == 0
     assert inbox.pending(thread.id) == []
     assert lock.inspect(thread.id) is None
+
+
+# -- fork safety ---------------------------------------------------------------------------
+
+
+def _child_answers(inbox: Inbox, out: Any) -> None:
+    with inbox.turns("forked", "from the child", id="child") as turns:
+        out.put([[m.id for m in batch.messages] for batch in turns])
+
+
+def test_an_inbox_used_before_a_fork_works_in_the_child(redis_url: str, prefix: str) -> None:
+    with threadlock.sync.from_url(redis_url, prefix=prefix) as lock:
+        inbox = Inbox(lock)
+        with inbox.turns("forked", "from the parent", id="parent") as turns:
+            assert [[m.id for m in b.messages] for b in turns] == [["parent"]]
+        context = multiprocessing.get_context("fork")
+        out = context.Queue()
+        child = context.Process(target=_child_answers, args=(inbox, out))
+        child.start()
+        try:
+            assert out.get(timeout=30) == [["child"]]
+        finally:
+            child.join(30)
+        assert child.exitcode == 0
+        assert inbox.pending("forked") == []  # the parent's connections still work
+        assert lock.inspect("forked") is None

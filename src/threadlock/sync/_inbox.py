@@ -136,8 +136,14 @@ class SyncTurns:
             self._close(None, None, None)
             return None
         except BaseException as error:
-            # The iteration ended with it (InboxFull, LeaseLost, an interrupt): end the task.
-            self._close(type(error), error, error.__traceback__)
+            # The iteration ended with it (InboxFull, LeaseLost), or this thread was
+            # interrupted while the loop took a batch: stop without counting an attempt (the
+            # body never saw that batch), which releases the key.
+            try:
+                self._close(None, None, None)
+            except BaseException as outcome:
+                if outcome is not error:
+                    raise
             raise
         return SyncBatch(batch)
 

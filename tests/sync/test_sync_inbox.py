@@ -83,6 +83,21 @@ def test_a_burst_folds_into_batches_and_is_acknowledged(lock: SyncThreadLock) ->
     assert lock.inspect("chat") is None
 
 
+def test_latest_answers_the_newest_and_acknowledges_the_skipped(lock: SyncThreadLock) -> None:
+    inbox = Inbox(lock)
+    batches: list[tuple[list[object], list[object]]] = []
+    with inbox.turns("latest", "v0", strategy="latest") as turns:
+        for batch in turns:
+            if not batches:
+                for version in ("v1", "v2", "v3"):
+                    with inbox.turns("latest", version, strategy="latest") as others:
+                        assert list(others) == []
+            batches.append((payloads(batch), [m.payload for m in batch.skipped]))
+    assert batches == [(["v0"], []), (["v3"], ["v1", "v2"])]
+    assert inbox.pending("latest") == []
+    assert lock.inspect("latest") is None
+
+
 def test_break_leaves_the_batch_pending_and_the_key_free(lock: SyncThreadLock) -> None:
     inbox = Inbox(lock)
     for batch in inbox.turns("bare", "b1", id="b1"):  # a bare for, left by break

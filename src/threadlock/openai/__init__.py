@@ -1,10 +1,10 @@
 """Guards for OpenAI conversations and Assistants threads.
 
 ``guard_conversation`` serialises turns on a Responses API conversation (or a
-``previous_response_id`` chain), ``guard_thread`` on an Assistants thread (see
-:mod:`threadlock.openai.guard`); ``recover_orphaned_runs`` cancels what a crashed worker left
-running (see :mod:`threadlock.openai.recovery`). A turn's streams (``turn.stream(...)``,
-``turn.create(stream=True)``) are :class:`GuardedStream` objects (see
+``previous_response_id`` chain; see :mod:`threadlock.openai.guard`), ``guard_thread`` on an
+Assistants thread (see :mod:`threadlock.openai.threads`); ``recover_orphaned_runs`` cancels
+what a crashed worker left running (see :mod:`threadlock.openai.recovery`). A turn's streams
+(``turn.stream(...)``, ``turn.create(stream=True)``) are :class:`GuardedStream` objects (see
 :mod:`threadlock.openai.streaming`).
 """
 
@@ -12,10 +12,7 @@ from threadlock.openai.guard import (
     RUN_TOKEN_METADATA,
     ConversationGuard,
     ConversationTurn,
-    ThreadGuard,
-    ThreadTurn,
     guard_conversation,
-    guard_thread,
 )
 from threadlock.openai.recovery import RecoveryReport, recover_orphaned_runs
 from threadlock.openai.runs import (
@@ -27,6 +24,7 @@ from threadlock.openai.runs import (
     is_conversation_locked,
 )
 from threadlock.openai.streaming import GuardedStream, GuardedStreamManager, StreamOutsideTurn
+from threadlock.openai.threads import ThreadGuard, ThreadTurn, guard_thread
 
 __all__ = [
     "ACTIVE_RESPONSE_STATUSES",

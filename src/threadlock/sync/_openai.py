@@ -16,6 +16,7 @@ import openai
 
 from threadlock.openai import guard as _guard
 from threadlock.openai import recovery as _recovery
+from threadlock.openai import threads as _threads
 from threadlock.openai._threaded import ThreadedClient
 from threadlock.sync import _runtime
 from threadlock.sync._bridge import Bridge
@@ -104,7 +105,7 @@ class SyncConversationTurn(_SyncTurn["_guard.ConversationTurn"]):
         return self._bridge.call(self._turn.run_agent, agent, input, **kwargs)
 
 
-class SyncThreadTurn(_SyncTurn["_guard.ThreadTurn"]):
+class SyncThreadTurn(_SyncTurn["_threads.ThreadTurn"]):
     """The blocking :class:`threadlock.openai.ThreadTurn`."""
 
     @property
@@ -153,8 +154,8 @@ class SyncConversationGuard:
 class SyncThreadGuard:
     """The blocking context manager returned by :func:`guard_thread`."""
 
-    def __init__(self, guard: _guard.ThreadGuard) -> None:
-        self._bridge: Bridge[_guard.ThreadTurn] = Bridge(guard)
+    def __init__(self, guard: _threads.ThreadGuard) -> None:
+        self._bridge: Bridge[_threads.ThreadTurn] = Bridge(guard)
 
     def __enter__(self) -> SyncThreadTurn:
         return SyncThreadTurn(self._bridge, self._bridge.enter())
@@ -215,7 +216,7 @@ def guard_thread(
     """:func:`threadlock.openai.guard_thread` for a sync client; ``with`` yields a
     :class:`SyncThreadTurn` (see :func:`guard_conversation` for a lost lease and for
     ``lease``, a lease the caller already holds on ``thread_id``)."""
-    guard = _guard.guard_thread(
+    guard = _threads.guard_thread(
         _threaded(client), thread_id, lock=_backend(lock), ttl=ttl, timeout=timeout, lease=lease
     )
     return SyncThreadGuard(guard)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import secrets
 import statistics
@@ -504,8 +505,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=_parse_levels, default=[1, 8, 32])
     parser.add_argument("--out", type=Path, help="write postgres-cost.json/.md here")
     args = parser.parse_args()
-    import os
-
     from tests._servers.postgres_server import PostgresServer
 
     server = PostgresServer.create(settings=_SETTINGS)

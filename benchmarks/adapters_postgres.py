@@ -1,6 +1,8 @@
 """Postgres adapters: threadlock's backend and its peers, against the same server in one run.
 
-* ``postgres``: ``PostgresThreadLock.acquire`` / ``release`` (logged tables).
+* ``postgres``: ``PostgresThreadLock.acquire`` / ``release`` (logged tables, the default
+  durable commits).
+* ``postgres-relaxed``: the same with ``relaxed_commit=True`` (the default until issue 14).
 * ``postgres-unlogged``: the same with ``unlogged=True``.
 * ``pg-select1``: the floor, one ``SELECT 1`` round trip per call (no exclusion).
 * ``pg-advisory``: a session advisory lock, ``pg_advisory_lock(hashtext(key))`` on a
@@ -69,6 +71,7 @@ class PostgresAdapter:
     name = "postgres"
     capabilities = Capabilities(exclusive=True, fifo=True, loops=ASYNCIO)
     unlogged = False
+    relaxed = False
 
     def __init__(self, config: AdapterConfig) -> None:
         self._config = config
@@ -81,6 +84,7 @@ class PostgresAdapter:
             dsn,
             table=_table(self._config, self.name),
             unlogged=self.unlogged,
+            relaxed_commit=self.relaxed,
             min_size=16,
             max_size=POOL_SIZE,
         )
@@ -125,6 +129,11 @@ class PostgresAdapter:
 class UnloggedAdapter(PostgresAdapter):
     name = "postgres-unlogged"
     unlogged = True
+
+
+class RelaxedAdapter(PostgresAdapter):
+    name = "postgres-relaxed"
+    relaxed = True
 
 
 class _PoolAdapter:
@@ -236,13 +245,16 @@ register_adapter("postgres", PostgresAdapter, description="PostgresThreadLock ac
 register_adapter(
     "postgres-unlogged", UnloggedAdapter, description="PostgresThreadLock, unlogged=True"
 )
+register_adapter(
+    "postgres-relaxed", RelaxedAdapter, description="PostgresThreadLock, relaxed_commit=True"
+)
 register_adapter("pg-select1", Select1Adapter, description="floor: SELECT 1 round trip")
 register_adapter("pg-advisory", AdvisoryAdapter, description="session pg_advisory_lock")
 register_adapter("pg-polling", PollingAdapter, description="lease table, 10 ms polling")
 
 # Issue 4's goals, against the session advisory lock on the same server.
 ADVISORY = Ref("pg-advisory")
-for _name in ("postgres", "postgres-unlogged"):
+for _name in ("postgres", "postgres-unlogged", "postgres-relaxed"):
     register_targets(
         Target(_name, "S1", "pairs_per_s", ">=", 0.6, ref=ADVISORY),
         Target(_name, "S2", "handoff_p99_us", "<=", 2000.0),

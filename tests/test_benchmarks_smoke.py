@@ -204,3 +204,55 @@ def test_cluster_scale_quick_run_starts_clusters_and_leaves_every_key_with_a_ttl
     md = (tmp_path / "cluster.md").read_text(encoding="utf-8")
     assert md.startswith("# Benchmark results: cluster")
     assert "keys w/o TTL" in md
+
+
+def test_postgres_cost_quick_run_counts_statements_round_trips_and_wal(tmp_path: Path) -> None:
+    from tests._servers.postgres_server import find_bindir
+    from tests.conftest import _unavailable
+
+    if find_bindir() is None:
+        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.postgres_cost", "--pairs", "20", "--cycles", "3"),
+            *("--rounds", "1", "--concurrency", "2", "--out", str(tmp_path)),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "postgres-cost.json").read_text(encoding="utf-8"))["results"]
+    assert set(results) == {
+        "threadlock (relaxed)",
+        "threadlock (durable)",
+        "plain lease table (relaxed)",
+        "plain lease table (durable)",
+        "advisory lock (n/a)",
+    }
+    for label, batches in results.items():
+        expected = {"pairs, one key", "pairs, fresh keys", "hand-off", "concurrent, 2 tasks"}
+        if label.startswith("threadlock"):
+            expected.add("hand-off, other instance")
+        assert set(batches) == expected, label
+
+    def pair(label: str) -> dict[str, float]:
+        return dict(results[label]["pairs, one key"][0])
+
+    # The peers send two statements a pair, one round trip each; an advisory lock writes no WAL.
+    advisory, plain = pair("advisory lock (n/a)"), pair("plain lease table (durable)")
+    assert advisory["round_trips"] == advisory["statements_top"] == 2.0
+    assert advisory["stmt_wal_records"] == 0
+    assert plain["round_trips"] == plain["statements_top"] == 2.0
+    # threadlock: one statement per call (plus the background sweep), its work in plpgsql; a
+    # durable pair makes two sequential synchronous commits, each its own WAL flush.
+    for mode in ("relaxed", "durable"):
+        ours = pair(f"threadlock ({mode})")
+        assert ours["round_trips"] >= 2.0
+        assert ours["statements_nested"] > ours["statements_top"]
+        assert ours["wal_syncs"] >= 1.0
+    assert pair("threadlock (durable)")["wal_syncs"] >= 2.0
+    md = (tmp_path / "postgres-cost.md").read_text(encoding="utf-8")
+    assert md.startswith("# Postgres cost per pair")

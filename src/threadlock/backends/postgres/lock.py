@@ -27,10 +27,13 @@ How it keeps its promises (the SQL is in ``sql/``, the statements in
   that. The notification is the wake-up; these re-checks are only the fallback.
 * an acquire that is cancelled or times out runs one shielded statement that withdraws its
   waiter row or, if the key was granted to it in the meantime, releases and hands it on.
-* statements that hand nobody a fence or an expiry (release, withdrawal, a waiter's heartbeat)
-  commit with ``synchronous_commit = off`` (``relaxed_commit=True``, the default); grants,
-  confirmations and extends commit synchronously, and WAL is flushed in order, so fences stay
-  monotonic and exclusion holds across a server crash (see ``sql/functions.sql`` and the docs).
+* every statement commits with the server's ``synchronous_commit`` by default, so a release
+  that returned survives a server crash. With ``relaxed_commit=True`` (opt-in), statements
+  that hand nobody a fence or an expiry (release, withdrawal, a waiter's heartbeat) commit with
+  ``synchronous_commit = off``; grants, confirmations and extends still commit synchronously,
+  and WAL is flushed in order, so fences stay monotonic and exclusion holds across a server
+  crash, while a release just before one may be undone (see ``sql/functions.sql`` and the
+  docs).
 """
 
 from __future__ import annotations
@@ -163,13 +166,15 @@ class PostgresThreadLock(BaseThreadLock):
         listen_idle: seconds the listening connection stays open after the last local waiter.
         statement_timeout: the bound on one statement; a statement runs shielded from
             cancellation (for at most this long), so its outcome is always known.
-        relaxed_commit: statements that hand nobody a fence or an expiry (release,
-            withdrawing a waiter, a waiter's heartbeat) commit with ``synchronous_commit =
-            off``. Grants, confirmations, extends, chain advances and registry writes always
-            commit synchronously, so fences and exclusion are unaffected; a server crash may
-            undo a release that nothing synchronous followed (the key then stays held until
-            its TTL). ``False`` makes every statement use the server's setting. It has no
-            effect on ``UNLOGGED`` lease tables (see the docs).
+        relaxed_commit: ``False`` (the default): every statement uses the server's
+            ``synchronous_commit``, so a release that returned is durable. ``True`` (opt-in):
+            statements that hand nobody a fence or an expiry (release, withdrawing a waiter,
+            a waiter's heartbeat) commit with ``synchronous_commit = off``, saving one WAL
+            flush per release. Grants, confirmations, extends, chain advances and registry
+            writes always commit synchronously, so fences and exclusion are unaffected; but a
+            server crash may undo a release that nothing synchronous followed, and the key
+            then stays held until its TTL. It has no effect on ``UNLOGGED`` lease tables (see
+            the docs).
         registry_ttl: seconds a run row is kept after it was first tracked (at least 600,
             the longest an OpenAI run lives; one day by default), as on Redis and memory.
         chain_ttl: seconds a chain head is kept after its last ``advance_chain`` (30 days
@@ -190,7 +195,7 @@ class PostgresThreadLock(BaseThreadLock):
         listen_conninfo: str | None = None,
         listen_idle: float = 60.0,
         statement_timeout: float = 30.0,
-        relaxed_commit: bool = True,
+        relaxed_commit: bool = False,
         registry_ttl: float = DEFAULT_REGISTRY_TTL,
         chain_ttl: float = DEFAULT_CHAIN_TTL,
         observer: Observer | None = None,

@@ -136,7 +136,8 @@ async def test_a_post_overtaken_by_a_later_stamp_is_stamped_again(
     reply = await _script(
         redis_lock, "inbox_post", names.all, "p2", "j:2", 10, 60_000, late, "overtaken"
     )
-    assert isinstance(reply, list) and reply[0] == -2  # refused: nothing stored
+    assert isinstance(reply, list)
+    assert reply[0] == -2  # refused: nothing stored
     assert await inbox.pending("overtaken") == []
     assert await store.append("overtaken", "p2", "j:2", max_pending=10, entry_ttl=60)
     assert list(await _indexed(redis_lock)) == ["overtaken"]

@@ -175,19 +175,3 @@ async def test_a_sweep_reads_a_bounded_page_and_goes_on_from_there(
     # a limit below the page: the next call starts with the first one left out
     assert await store.stranded_keys(1) == [keys[2]]
     assert await store.stranded_keys(1) == [keys[3]]
-
-
-@pytest.mark.anyio
-async def test_summary_lists_pending_and_dead_letters(redis_lock: RedisThreadLock) -> None:
-    inbox = Inbox(redis_lock)
-    store = RedisInboxStore.of(redis_lock)
-    assert await store.append("waiting", "w1", "j:1", max_pending=10, entry_ttl=60)
-    assert await store.append("waiting", "w2", "j:2", max_pending=10, entry_ttl=60)
-    with pytest.raises(RuntimeError):
-        async with inbox.turns("failing", "x", max_attempts=1) as turns:
-            async for _ in turns:
-                raise RuntimeError("boom")
-    answered = [b async for b in inbox.turns("answered", "y")]
-    assert len(answered) == 1
-    assert await store.summary() == [("failing", 0, 1), ("waiting", 2, 0)]
-    assert await store.summary(limit=1) == [("failing", 0, 1)]

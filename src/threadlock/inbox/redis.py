@@ -293,9 +293,9 @@ class RedisInboxStore:
             await self._unindex(key, str(score))
 
     async def summary(self, limit: int = 1000) -> list[tuple[str, int, int]]:
-        """``(key, pending, dead letters)`` of every key with either, at most ``limit``, by
-        key. It scans the prefix's keys (``SCAN``, as :meth:`held` does): every key whose
-        inbox is still kept, whether or not the index has it."""
+        """See :meth:`threadlock.inbox.store.SummaryStore.summary`. It scans the prefix's
+        keys (``SCAN``, as ``held()`` does), so it finds every key whose inbox is still kept,
+        whether or not the index has it."""
         stamps = await self._commands.scan(scan_pattern(self._prefix, "inbox:stamp"))
         values = await self._commands.get_many(stamps)
         keys = sorted({text(v).split(" ", 1)[1] for v in values if v is not None})

@@ -175,3 +175,34 @@ async def test_a_sweep_reads_a_bounded_page_and_goes_on_from_there(
     # a limit below the page: the next call starts with the first one left out
     assert await store.stranded_keys(1) == [keys[2]]
     assert await store.stranded_keys(1) == [keys[3]]
+
+
+@pytest.mark.anyio
+async def test_the_index_is_left_empty_by_bursts_on_many_keys(
+    redis_lock: RedisThreadLock, redis_url: str, prefix: str
+) -> None:
+    # Two workers, 20 keys, a burst of 3 posts per key at once: every message is answered,
+    # and every entry the posts wrote is removed again (nothing pending anywhere).
+    async with RedisThreadLock.from_url(redis_url, prefix=prefix) as other:
+        inboxes = [Inbox(redis_lock, entry_ttl=30.0), Inbox(other, entry_ttl=30.0)]
+        answered: list[object] = []
+
+        async def post(key: str, n: int) -> None:
+            inbox = inboxes[n % 2]
+            async with inbox.turns(key, f"{key}/{n}", ttl=30.0) as turns:
+                async for batch in turns:
+                    answered.extend(m.payload for m in batch.messages)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for k in range(20):
+                    for n in range(3):
+                        tg.start_soon(post, f"burst-{k}", n)
+    assert sorted(answered) == sorted(f"burst-{k}/{n}" for k in range(20) for n in range(3))
+    assert await _indexed(redis_lock) == {}
+    assert not await redis_lock.client.exists(_index(redis_lock))  # an empty zset is gone
+    assert await Inbox(redis_lock).stranded() == []
+    # while it has an entry, the index expires two entry_ttl after the last post
+    store = RedisInboxStore.of(redis_lock)
+    assert await store.append("left", "m", "j:1", max_pending=10, entry_ttl=30.0)
+    assert 0 < await redis_lock.client.pttl(_index(redis_lock)) <= 60_000

@@ -74,7 +74,7 @@ class _Names:
         self.all = inbox  # pend, msg, seen, seq, dead, stamp
         self.pend_msg = inbox[:2]
         self.finish = [*lock, *inbox[:2], inbox[5]]
-        self.probe = [lock[0], inbox[0], inbox[4], inbox[5]]  # lease, pend, dead, stamp
+        self.probe = [lock[0], inbox[0], inbox[4]]  # lease, pend, dead
         self.settle = [lock[0], inbox[0], inbox[5]]  # lease, pend, stamp
 
 
@@ -241,13 +241,13 @@ class RedisInboxStore:
             letters.append(StoredDead(message, _us(died)))
         return letters
 
-    async def _probe(self, keys: Sequence[str]) -> dict[str, tuple[int, bool, str, int]]:
-        """Per key: (pending, a live lease holds it, its recorded stamp, dead letters)."""
-        found: dict[str, tuple[int, bool, str, int]] = {}
+    async def _probe(self, keys: Sequence[str]) -> dict[str, tuple[int, bool, int]]:
+        """Per key: (pending, whether a live lease holds it, dead letters)."""
+        found: dict[str, tuple[int, bool, int]] = {}
 
         async def probe(key: str) -> None:
             reply = await self._commands.script_shielded("inbox_probe", self._names(key).probe)
-            found[key] = (int(reply[0]), int(reply[1]) == 1, text(reply[2]), int(reply[3]))
+            found[key] = (int(reply[0]), int(reply[1]) == 1, int(reply[2]))
 
         await for_each_bounded(keys, probe)
         return found
@@ -269,16 +269,18 @@ class RedisInboxStore:
         self._cursor = entries[-1][1] if len(entries) == page else None
         state = await self._probe(keys)
         stranded: list[str] = []
+        idle: dict[str, int] = {}
         cut = False
         for key, score in entries:
-            pending, live, _, _ = state[key]
+            pending, live, _ = state[key]
             if pending and not live:
                 if len(stranded) < limit:
                     stranded.append(key)
                 elif not cut:
                     cut, self._cursor = True, score - 1  # the next call starts with this one
             elif not pending and not live:
-                await self._settle(key, score)
+                idle[key] = score
+        await for_each_bounded(list(idle), lambda key: self._settle(key, idle[key]))
         return stranded
 
     async def _settle(self, key: str, score: int) -> None:
@@ -300,5 +302,5 @@ class RedisInboxStore:
         values = await self._commands.get_many(stamps)
         keys = sorted({text(v).split(" ", 1)[1] for v in values if v is not None})
         state = await self._probe(keys)
-        rows = [(key, state[key][0], state[key][3]) for key in keys]
+        rows = [(key, state[key][0], state[key][2]) for key in keys]
         return [row for row in rows if row[1] or row[2]][:limit]

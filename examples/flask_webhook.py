@@ -11,6 +11,12 @@ conversation (up to ``TURN_TIMEOUT``), then answers with a sync ``openai.OpenAI`
 request that could not get its turn in time gets HTTP 429 with ``Retry-After``. The lease is
 renewed on threadlock's own loop while the request thread is blocked in the HTTP call.
 
+``POST /inbox`` is the inbox variant (:class:`threadlock.sync.Inbox`): a burst of messages
+from one user is folded into as few turns as the ``coalesce`` strategy allows. The request
+that owns the conversation answers every batch (each under the batch's lease) and returns
+them; a request that arrives meanwhile returns 202 at once, its message in the owner's next
+batch. A real bot sends each reply to the chat instead of returning it.
+
 ``GET /locks`` lists the turns in progress (``lock.held()``).
 """
 
@@ -92,6 +98,30 @@ def create_app(lock: SyncThreadLock | None = None, client: openai.OpenAI | None 
             retry = str(max(1, math.ceil(busy.retry_after)))
             return jsonify(error="conversation busy"), 429, {"Retry-After": retry}
         return jsonify(user_id=user_id, reply=response.output_text, fence=fence)
+
+    inbox = threadlock.sync.Inbox(the_lock)
+    app.extensions["inbox"] = inbox
+
+    @app.post("/inbox")
+    def inbox_webhook() -> Any:
+        message = request.get_json()
+        user_id, text = str(message["user_id"]), str(message["text"])
+        message_id = message.get("id")  # the platform's id, if any: a redelivery is a no-op
+        conversation_id = conversations.get(user_id)
+        answered: list[dict[str, Any]] = []
+        with inbox.turns(conversation_id, text, id=message_id, strategy="coalesce") as turns:
+            for batch in turns:
+                texts = [str(m.payload) for m in batch.messages]
+                with guard_conversation(
+                    the_client, conversation_id, lock=the_lock, lease=batch.lease
+                ) as turn:
+                    response = turn.create(model=MODEL, input="\n".join(texts))
+                answered.append(
+                    {"messages": texts, "reply": response.output_text, "fence": batch.lease.fence}
+                )
+        if not answered:  # another request owns the conversation: it answers this message
+            return jsonify(user_id=user_id, queued=True), 202
+        return jsonify(user_id=user_id, answered=answered)
 
     @app.get("/locks")
     def locks() -> Any:

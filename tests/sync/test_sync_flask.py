@@ -57,3 +57,30 @@ def test_busy_conversation_is_429_with_retry_after(
     assert 1 <= int(answer.headers["Retry-After"]) <= 7
     assert [entry["key"] for entry in locks] == [conversation_id]
     assert fake.conversation_inputs(conversation_id) == []  # nothing sent while busy
+
+
+def test_inbox_route_answers_a_burst_once_in_folded_turns(webhook: Any) -> None:
+    """Threads post a burst per user to ``/inbox``: each message is in exactly one answered
+    batch, each batch was one model turn, nothing is pending and no key is held."""
+    app, lock, fake = webhook
+    users, messages = 2, 5
+
+    def post(user: str, text: str) -> tuple[int, dict[str, Any]]:
+        answer = app.test_client().post("/inbox", json={"user_id": user, "text": text})
+        return answer.status_code, answer.get_json()
+
+    answers = in_threads(post, users=users, messages=messages)
+    assert {status for status, _ in answers} <= {200, 202}
+    assert fake.concurrency_errors == 0
+    inbox = app.extensions["inbox"]
+    for u in range(users):
+        user = f"u{u}"
+        mine = [body for status, body in answers if status == 200 and body["user_id"] == user]
+        batches = [batch for body in mine for batch in body["answered"]]
+        texts = [text for batch in batches for text in batch["messages"]]
+        assert sorted(texts) == sorted(f"message {i}" for i in range(messages))
+        conversation_id = app.extensions["conversations"].get(user)
+        turns = fake.conversation_inputs(conversation_id)
+        assert sorted(turns) == sorted("\n".join(batch["messages"]) for batch in batches)
+        assert inbox.pending(conversation_id) == []
+    assert lock.held() == []

@@ -176,6 +176,7 @@ def guard_conversation(
     ttl: float = 30.0,
     timeout: float | None = 300.0,
     chain: str | None = None,
+    lease: Lease | None = None,
 ) -> SyncConversationGuard:
     """:func:`threadlock.openai.guard_conversation` for a sync client; ``with`` yields a
     :class:`SyncConversationTurn`.
@@ -184,6 +185,11 @@ def guard_conversation(
     lease lost meanwhile is raised as :class:`~threadlock.LeaseLost` by the call in
     progress once its HTTP request has returned, by the next call, or at the end of the
     block.
+
+    ``lease`` runs the turn under a lease the caller already holds on the key, such as a
+    sync inbox batch's ``batch.lease``: the guard then neither acquires, renews nor releases
+    it (its holder does), and entering raises :class:`~threadlock.LeaseLost` if the lock no
+    longer shows that lease on the key.
     """
     guard = _guard.guard_conversation(
         _threaded(client),
@@ -192,6 +198,7 @@ def guard_conversation(
         ttl=ttl,
         timeout=timeout,
         chain=chain,
+        lease=lease,
     )
     return SyncConversationGuard(guard)
 
@@ -203,11 +210,13 @@ def guard_thread(
     lock: SyncThreadLock,
     ttl: float = 30.0,
     timeout: float | None = 300.0,
+    lease: Lease | None = None,
 ) -> SyncThreadGuard:
     """:func:`threadlock.openai.guard_thread` for a sync client; ``with`` yields a
-    :class:`SyncThreadTurn` (see :func:`guard_conversation` for a lost lease)."""
+    :class:`SyncThreadTurn` (see :func:`guard_conversation` for a lost lease and for
+    ``lease``, a lease the caller already holds on ``thread_id``)."""
     guard = _guard.guard_thread(
-        _threaded(client), thread_id, lock=_backend(lock), ttl=ttl, timeout=timeout
+        _threaded(client), thread_id, lock=_backend(lock), ttl=ttl, timeout=timeout, lease=lease
     )
     return SyncThreadGuard(guard)
 

@@ -149,20 +149,52 @@ def _print_table(rows: list[dict[str, object]]) -> None:
 
 async def _inbox_rows(lock: BaseThreadLock) -> list[dict[str, object]] | None:
     """Per key, the inbox's pending messages and dead letters; ``None`` if the backend's
-    inbox store cannot list them."""
-    from threadlock.inbox.store import store_for
+    inbox store cannot list them (it is no :class:`~threadlock.inbox.SummaryStore`)."""
+    from threadlock.inbox.store import SummaryStore, store_for
 
     try:
         store = store_for(lock)
     except TypeError:
         return None
-    summary = getattr(store, "summary", None)
-    if summary is None:
+    if not isinstance(store, SummaryStore):
         return None
     return [
         {"key": key, "pending": pending, "dead_letters": dead}
-        for key, pending, dead in await summary()
+        for key, pending, dead in await store.summary()
     ]
+
+
+async def _inbox_report(lock: BaseThreadLock) -> dict[str, Any] | None:
+    """What ``recover`` says of the inbox: totals, and the stranded keys (pending messages,
+    no live lease: their owner died mid-batch; a worker running ``inbox.serve()`` answers
+    them). ``None`` if the backend's inbox store cannot list its keys."""
+    rows = await _inbox_rows(lock)
+    if rows is None:
+        return None
+    stranded = [
+        {"key": row["key"], "pending": row["pending"]}
+        for row in rows
+        if row["pending"] and await lock.inspect(str(row["key"])) is None
+    ]
+    return {
+        "keys": len(rows),
+        "pending": sum(int(str(row["pending"])) for row in rows),
+        "dead_letters": sum(int(str(row["dead_letters"])) for row in rows),
+        "stranded": stranded,
+    }
+
+
+def _print_inbox_report(report: dict[str, Any]) -> None:
+    print(
+        f"inbox: {_plural(report['pending'], 'message', 'messages')} pending, "
+        f"{_plural(report['dead_letters'], 'dead letter', 'dead letters')}, "
+        f"over {_plural(report['keys'], 'key', 'keys')}"
+    )
+    stranded = report["stranded"]
+    print(
+        f"inbox stranded (pending, no live lease): {len(stranded)}"
+        + "".join(f"  {row['key']} ({row['pending']})" for row in stranded)
+    )
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -172,8 +204,8 @@ async def _status(args: argparse.Namespace) -> int:
             inbox = await _inbox_rows(lock)
             if inbox is None:
                 print(
-                    "threadlock: status --inbox needs a Postgres backend (not available "
-                    "on this one yet)",
+                    "threadlock: status --inbox needs a backend whose inbox store lists its "
+                    "keys (Redis, Postgres)",
                     file=sys.stderr,
                 )
                 return EXIT_USAGE
@@ -254,9 +286,12 @@ async def _recover(args: argparse.Namespace) -> int:
     from threadlock.openai.recovery import recover_orphaned_runs
 
     url = _shared_url(args.url, "recover")
+    options = {} if args.table is None else {"table": args.table}
+    if args.inbox:
+        return await _recover_inbox(url, options, args)
     client = args.client_factory(args)
     await _check_openai(client)
-    async with _backend(url) as lock:
+    async with _backend(url, **options) as lock:
         lock.observer = combine(lock.observer, _RecoveryProgress())
         keys = {record.key for record in await lock.tracked_runs()}  # type: ignore[attr-defined]
         keys.update(args.thread_id or ())
@@ -270,8 +305,9 @@ async def _recover(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             concurrency=args.concurrency,
         )
+        inbox = await _inbox_report(lock)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps({**report.as_dict(), "inbox": inbox}, indent=2))
     else:
         verb = "would cancel" if report.dry_run else "cancelled"
         checked = len(report.checked)
@@ -285,7 +321,27 @@ async def _recover(args: argparse.Namespace) -> int:
             print(f"{name}: {len(ids)}" + (f"  {' '.join(ids)}" if ids else ""))
         for run_id, error in report.errors:
             print(f"error: {run_id}: {error}")
+        if inbox is not None:
+            _print_inbox_report(inbox)
     return EXIT_PROBLEM if report.errors else EXIT_OK
+
+
+async def _recover_inbox(url: str, options: dict[str, Any], args: argparse.Namespace) -> int:
+    """``recover --inbox``: only the inbox part, without OpenAI (no key needed)."""
+    async with _backend(url, **options) as lock:
+        inbox = await _inbox_report(lock)
+    if inbox is None:
+        print(
+            "threadlock: recover --inbox needs a backend whose inbox store lists its keys "
+            "(Redis, Postgres)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(inbox, indent=2))
+    else:
+        _print_inbox_report(inbox)
+    return EXIT_OK
 
 
 async def _create_schema(args: argparse.Namespace) -> int:
@@ -351,7 +407,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--inbox",
         action="store_true",
-        help="list the inbox instead: pending messages and dead letters per key (Postgres)",
+        help="list the inbox instead: pending messages and dead letters per key",
     )
     status.add_argument("--table", help="Postgres lease table (default: threadlock_leases)")
     status.set_defaults(handler=_status)
@@ -363,10 +419,14 @@ def _parser() -> argparse.ArgumentParser:
             "Walks the run registry (plus --thread-id), skips every conversation whose lease "
             "is live, and cancels runs and background responses older than --max-age. Reads "
             "OPENAI_API_KEY; a first call checks that the API answers and takes the key. "
-            "Progress goes to stderr."
+            "Progress goes to stderr. Then it reports the inbox: pending messages, dead "
+            "letters, and the stranded keys (pending messages, no live lease), which a worker "
+            "running inbox.serve() answers; recover itself answers and changes no message. "
+            "--inbox: only that report, without OpenAI."
         ),
         epilog="examples:\n  threadlock recover --url redis://localhost:6379/0 --dry-run\n"
-        "  threadlock recover --url postgresql://app@db/app --max-age 600 --json",
+        "  threadlock recover --url postgresql://app@db/app --max-age 600 --json\n"
+        "  threadlock recover --inbox --url redis://localhost:6379/0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recover.add_argument("--url", help="backend URL (default: from the environment)")
@@ -378,6 +438,12 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("--thread-id", action="append", help="also check this thread (repeatable)")
     recover.add_argument("--concurrency", type=int, default=4, help="API calls at once (4)")
     recover.add_argument("--base-url", help="an OpenAI-compatible server's base URL")
+    recover.add_argument(
+        "--inbox",
+        action="store_true",
+        help="only the inbox report (stranded keys, pending, dead letters); no OpenAI key",
+    )
+    recover.add_argument("--table", help="Postgres lease table (default: threadlock_leases)")
     recover.set_defaults(handler=_recover, client_factory=_openai_client)
 
     schema = sub.add_parser(

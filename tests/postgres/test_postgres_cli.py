@@ -9,6 +9,7 @@ import sys
 import anyio
 import anyio.to_thread
 import pytest
+from tests._inbox_cli import check_reports, scene
 from tests.conftest import postgres_lock
 
 from threadlock import Inbox
@@ -73,3 +74,17 @@ def test_status_inbox_of_an_empty_inbox(
     capsys.readouterr()
     assert main(["status", "--inbox", "--url", pg_dsn, "--table", pg_table]) == EXIT_OK
     assert "no inbox messages pending or dead" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_status_and_recover_inbox(
+    pg_dsn: str,
+    pg_table: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # recover --inbox needs none
+    async with postgres_lock(pg_dsn, pg_table) as lock:
+        live = await scene(lock)
+        await check_reports(["--url", pg_dsn, "--table", pg_table], capsys)
+        await lock.release(live)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tests._inbox_cli import check_reports, scene
 
 from threadlock.backends.redis import RedisThreadLock
 from threadlock.cli import EXIT_OK, EXIT_PROBLEM, main
@@ -133,8 +134,27 @@ def test_recover_retries_show_progress(url: str, capsys: pytest.CaptureFixture[s
     assert fake.run_status(orphan) == "cancelled"
 
 
-def test_status_inbox_is_refused_on_redis_for_now(
+@pytest.mark.anyio
+async def test_status_and_recover_inbox(
+    url: str,
+    redis_url: str,
+    prefix: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # recover --inbox needs none
+    async with RedisThreadLock.from_url(redis_url, prefix=prefix) as lock:
+        live = await scene(lock)
+        await check_reports(["--url", url], capsys)
+        await lock.release(live)
+
+
+def test_recover_reports_the_inbox_after_the_runs(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", "--inbox", "--url", url]) == 2
-    assert "status --inbox needs a Postgres backend" in capsys.readouterr().err
+    fake = FakeOpenAI()
+    assert main(["recover", "--url", url, "--json"], openai_client=lambda a: fake.client()) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inbox"] == {"keys": 0, "pending": 0, "dead_letters": 0, "stranded": []}
+    assert main(["recover", "--url", url], openai_client=lambda a: fake.client()) == 0
+    assert "inbox stranded (pending, no live lease): 0\n" in capsys.readouterr().out

@@ -10,10 +10,11 @@ import anyio
 import pytest
 
 from _servers.redis_server import RedisCluster3
-from threadlock import Lease
+from threadlock import Inbox, Lease
 from threadlock.backends.redis import RedisThreadLock
+from threadlock.inbox import Batch
 from threadlock.protocol import RunRecord
-from threadlock.testing import BackendConformance
+from threadlock.testing import BackendConformance, InboxRecoveryConformance
 
 # One worker starts the three-node cluster (module scope) and runs all of it.
 pytestmark = pytest.mark.xdist_group("redis-cluster")
@@ -34,6 +35,58 @@ class TestRedisClusterConformance(BackendConformance):
         prefix = f"tl-cluster-{uuid.uuid4().hex[:12]}"
         async with RedisThreadLock.from_url(redis_cluster.url, prefix=prefix) as backend:
             yield backend
+
+
+class TestRedisClusterInbox(InboxRecoveryConformance):
+    """The inbox and its crash recovery on a Cluster: every key's inbox in its lease's slot,
+    the prefix's index of keys with pending messages in a slot of its own."""
+
+    race_rounds = 300  # the full 2,000 run on a plain server (test_redis_inbox.py)
+
+    @pytest.fixture
+    def cluster_prefix(self) -> str:
+        return f"tl-cluster-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    async def lock(
+        self, redis_cluster: RedisCluster3, cluster_prefix: str
+    ) -> AsyncIterator[RedisThreadLock]:
+        async with RedisThreadLock.from_url(redis_cluster.url, prefix=cluster_prefix) as backend:
+            yield backend
+
+    @pytest.fixture
+    async def other_lock(
+        self, redis_cluster: RedisCluster3, cluster_prefix: str
+    ) -> AsyncIterator[RedisThreadLock]:
+        async with RedisThreadLock.from_url(redis_cluster.url, prefix=cluster_prefix) as backend:
+            yield backend
+
+
+@pytest.mark.anyio
+async def test_a_sweep_finds_stranded_keys_on_every_master(redis_cluster: RedisCluster3) -> None:
+    prefix = f"tl-cluster-{uuid.uuid4().hex[:12]}"
+    keys = [f"chat-{n}" for n in range(30)]
+    async with RedisThreadLock.from_url(redis_cluster.url, prefix=prefix) as lock:
+        inbox = Inbox(lock)
+        for key in keys:  # each owner took its batch and died (the lease runs out)
+            async with inbox.turns(key, key, ttl=0.3) as turns:
+                async for _ in turns:
+                    break
+            await lock.acquire(key, ttl=0.3)
+        per_node = [int(node.cli("dbsize")) for node in redis_cluster.nodes]
+        assert all(count > 0 for count in per_node), per_node
+        answered: list[str] = []
+
+        async def handler(batch: Batch) -> None:
+            answered.extend(m.payload for m in batch.messages)
+
+        with anyio.fail_after(20):
+            while len(answered) < len(keys):
+                await inbox.sweep(handler, ttl=30.0)
+                await anyio.sleep(0.05)
+        assert sorted(answered) == sorted(keys)
+        assert await inbox.stranded() == []
+        assert await lock.client.zcard(f"{prefix}:inbox-keys") == 0  # all removed
 
 
 @pytest.mark.anyio

@@ -1,11 +1,17 @@
 """The inbox: a durable per-key inbox that folds a burst of messages into one turn.
 
 ``types`` (values and errors), ``store`` (the protocol a backend implements and its lookup),
-``memory`` and ``redis`` (the stores), ``api`` (:class:`Inbox`). Import from here.
+``memory``, ``redis`` and ``postgres`` (the stores), ``api`` (:class:`Inbox`). Import from here.
 """
 
 from threadlock.inbox.api import Handler, Inbox, Turns
-from threadlock.inbox.store import InboxStore, SweepableStore, register_store, store_for
+from threadlock.inbox.store import (
+    InboxStore,
+    SummaryStore,
+    SweepableStore,
+    register_store,
+    store_for,
+)
 from threadlock.inbox.types import STRATEGIES, Batch, DeadLetter, InboxFull, Message, Strategy
 
 __all__ = [
@@ -18,6 +24,7 @@ __all__ = [
     "InboxStore",
     "Message",
     "Strategy",
+    "SummaryStore",
     "SweepableStore",
     "Turns",
     "register_store",

@@ -191,3 +191,13 @@ class MemoryInboxStore:
                 found.append(key)
         await anyio.lowlevel.checkpoint()
         return found
+
+    async def summary(self, limit: int = 1000) -> list[tuple[str, int, int]]:
+        """See :meth:`threadlock.inbox.store.SummaryStore.summary`."""
+        rows = sorted(
+            (key, len(box.pending), len(box.dead))
+            for key, box in self._boxes.items()
+            if box.pending or box.dead
+        )
+        await anyio.lowlevel.checkpoint()
+        return rows[:limit]

@@ -139,6 +139,6 @@ class PostgresInboxStore:
         return [str(r[0]) for r in rows]
 
     async def summary(self, limit: int = 1000) -> list[tuple[str, int, int]]:
-        """``(key, pending, dead letters)`` of every key with either, at most ``limit``."""
+        """See :meth:`threadlock.inbox.store.SummaryStore.summary`."""
         rows = await self._execute(self._sql.inbox_summary, (limit,))
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]

@@ -33,6 +33,7 @@ __all__ = [
     "InboxStore",
     "StoredDead",
     "StoredMessage",
+    "SummaryStore",
     "SweepableStore",
     "Taken",
     "register_store",
@@ -133,6 +134,16 @@ class SweepableStore(Protocol):
     async def stranded_keys(self, limit: int = 100) -> list[str]:
         """Keys with a pending message and no live lease (at most ``limit``): their owner
         died, or let its lease run out, before it finished."""
+        ...
+
+
+@runtime_checkable
+class SummaryStore(Protocol):
+    """A store that can list its keys, for ``threadlock status --inbox`` and ``recover``."""
+
+    async def summary(self, limit: int = 1000) -> list[tuple[str, int, int]]:
+        """``(key, pending, dead letters)`` of every key with either (at most ``limit``,
+        sorted by key)."""
         ...
 
 

@@ -35,7 +35,7 @@ import anyio.lowlevel
 import pytest
 
 from threadlock.errors import LeaseLost
-from threadlock.inbox import Batch, Inbox, InboxFull
+from threadlock.inbox import Batch, Inbox, InboxFull, SummaryStore
 from threadlock.inbox.types import encode_payload
 
 __all__ = ["InboxConformance", "InboxRecoveryConformance"]
@@ -427,8 +427,11 @@ class InboxConformance:
 
 class InboxRecoveryConformance(InboxConformance):
     """:class:`InboxConformance` plus crash recovery (:meth:`Inbox.sweep` /
-    :meth:`Inbox.serve`), for a backend whose store has ``stranded_keys()``. A crashed
-    owner is simulated by a lease that took a batch and is never renewed nor released."""
+    :meth:`Inbox.serve`), for a backend whose store has ``stranded_keys()``
+    (:class:`~threadlock.inbox.SweepableStore`) and ``summary()``
+    (:class:`~threadlock.inbox.SummaryStore`, what ``threadlock status --inbox`` and
+    ``threadlock recover`` read). A crashed owner is simulated by a lease that took a batch
+    and is never renewed nor released."""
 
     #: TTL (s) of the crashed owner's lease.
     crash_ttl: ClassVar[float] = 0.5
@@ -512,3 +515,20 @@ class InboxRecoveryConformance(InboxConformance):
             await inbox.sweep(handler, strategy="burst")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="interval"):
             await inbox.serve(handler, interval=0)
+
+    async def test_summary_lists_pending_and_dead_letters(self, lock: Any) -> None:
+        inbox = Inbox(lock)
+        store = inbox.store
+        assert isinstance(store, SummaryStore)
+        tag = uuid.uuid4().hex
+        dead, answered, waiting = f"sum-a-{tag}", f"sum-b-{tag}", f"sum-c-{tag}"
+        for message_id in ("w1", "w2"):
+            stored = encode_payload(message_id, "message")
+            assert await store.append(waiting, message_id, stored, max_pending=10, entry_ttl=60)
+        with pytest.raises(_Boom):
+            async with inbox.turns(dead, "x", max_attempts=1) as turns:
+                async for _ in turns:
+                    raise _Boom
+        assert len([b async for b in inbox.turns(answered, "y")]) == 1
+        assert await store.summary() == [(dead, 0, 1), (waiting, 2, 0)]
+        assert await store.summary(limit=1) == [(dead, 0, 1)]

@@ -9,10 +9,11 @@ and anything else goes on in the same script, in the same round trip. ``track.lu
 ``untrack.lua`` stand alone. An inbox script (``inbox_*.lua``) is sent as ``_inbox.lua``
 (the inbox helpers) followed by its own file, and ``inbox_finish``, which releases the
 lease, has ``_lib.lua`` in front of that too, so it releases with the lock's own helper
-(``release_lease``). One script per operation, loaded once. Redis 7 functions would share
-the helpers without repeating them, but the backend supports Redis 6.2, which has no
-``FUNCTION``. Each script runs with ``EVALSHA`` and is loaded again on ``NOSCRIPT``
-(``SCRIPT FLUSH``, a restart, a failover).
+(``release_lease``). ``inbox_index.lua`` and ``inbox_unindex.lua`` (the prefix's index of
+keys with pending messages, a key of its own slot) stand alone. One script per operation,
+loaded once. Redis 7 functions would share the helpers without repeating them, but the
+backend supports Redis 6.2, which has no ``FUNCTION``. Each script runs with ``EVALSHA``
+and is loaded again on ``NOSCRIPT`` (``SCRIPT FLUSH``, a restart, a failover).
 
 Every redis-py error and :class:`OSError` comes out of :class:`RedisCommands` as
 :class:`~threadlock.errors.BackendError`, chained.
@@ -45,13 +46,17 @@ INBOX_SCRIPTS = (
     "inbox_ack",
     "inbox_nack",
     "inbox_read",
+    "inbox_probe",
+    "inbox_settle",
 )
 #: The inbox scripts that work on the lease itself, and so are sent with ``_lib.lua``.
 INBOX_LOCK_SCRIPTS = ("inbox_finish",)
-SCRIPTS = (*LOCK_SCRIPTS, "track", "untrack", *INBOX_SCRIPTS)
+#: The scripts of the prefix's inbox index (one key of its own slot): they stand alone.
+INBOX_INDEX_SCRIPTS = ("inbox_index", "inbox_unindex")
+SCRIPTS = (*LOCK_SCRIPTS, "track", "untrack", *INBOX_SCRIPTS, *INBOX_INDEX_SCRIPTS)
 #: script -> its fast path (a prologue that answers 0 to go on with the script)
 FAST_PATHS = {"acquire": "acquire_fast", "release": "release_fast"}
-_NUMKEYS = {n: str(n).encode() for n in range(1, 10)}
+_NUMKEYS = {n: str(n).encode() for n in range(1, 11)}
 #: At most this many commands of one ``for_each_bounded`` run at once.
 _CONCURRENCY = 32
 #: ``GET`` commands per pipeline of ``get_many``.
@@ -61,7 +66,8 @@ _GET_BATCH = 1000
 def load_scripts() -> dict[str, str]:
     """Script texts: [fast path as a function, run first] + ``_lib.lua`` + the script for a
     full lock script; ``_inbox.lua`` + the script for an inbox script (with ``_lib.lua``
-    first for one that releases); ``track.lua`` and ``untrack.lua`` alone."""
+    first for one that releases); ``track.lua``, ``untrack.lua`` and the inbox index's
+    scripts alone."""
     folder = importlib.resources.files("threadlock.backends.redis") / "lua"
 
     def read(name: str) -> str:

@@ -5,6 +5,11 @@
 --   seen  zset   message id -> posted µs: the ids posted within entry_ttl (deduplication)
 --   seq   string the last arrival number
 --   dead  list   "<died µs> <attempts> <posted µs> <#id> <id><stored payload>", newest last
+--   stamp string "<stamp> <user key>": the stamp of the newest post resolved here (stored,
+--                deduplicated or refused as full) and the key itself (for status)
+-- and one key per prefix, in a slot of its own, that no script of a key's slot touches:
+--   <prefix>:inbox-keys  zset  user key -> stamp: every key that may have pending messages
+--                (crash recovery scans it; see inbox/redis.py and inbox_index.lua)
 -- Numbers above 1e14 are never concatenated with `..` (Lua 5.1 prints them as %.14g).
 
 local function inbox_fmt(n)
@@ -16,14 +21,10 @@ local function inbox_now()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Whether `k_lease` holds the live lease of `token`: its value starts with sha1(token) and
--- its end (its expiry, or its claim deadline while unclaimed) is still ahead by the server
--- clock; the lease key outlives the lease (see _lib.lua), so existing is not enough.
-local function inbox_mine(k_lease, token)
-  local value = redis.call('GET', k_lease)
-  if not value or string.sub(value, 1, 40) ~= redis.sha1hex(token) then
-    return false
-  end
+-- Whether the lease key's value is a live lease: its end (its expiry, or its claim deadline
+-- while unclaimed) is still ahead by the server clock; the lease key outlives the lease (see
+-- _lib.lua), so existing is not enough. A free-key marker ('F <fence>') does not match.
+local function inbox_live(value)
   local e, u = string.match(value, '^%x+ [01] %d+ %d+ (%d+) (%d+) ')
   if not e then
     return false
@@ -34,6 +35,24 @@ local function inbox_mine(k_lease, token)
     ends = claim_by
   end
   return ends > inbox_now()
+end
+
+-- Whether `k_lease` holds the live lease of `token` (its value starts with sha1(token)).
+local function inbox_mine(k_lease, token)
+  local value = redis.call('GET', k_lease)
+  if not value or string.sub(value, 1, 40) ~= redis.sha1hex(token) then
+    return false
+  end
+  return inbox_live(value)
+end
+
+-- The stamp recorded in the stamp key (0 if none).
+local function inbox_stamp(k_stamp)
+  local value = redis.call('GET', k_stamp)
+  if not value then
+    return 0
+  end
+  return tonumber(string.match(value, '^(%d+)'))
 end
 
 -- {pending count, newest posted µs, newest seq, now µs, id1, record1, seq1, ...}: the

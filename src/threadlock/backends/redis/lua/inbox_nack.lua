@@ -1,4 +1,4 @@
--- inbox_nack: KEYS 1 lease, 2 pend, 3 msg, 4 seen, 5 seq, 6 dead. ARGV 1 token, 2 entry_ttl
+-- inbox_nack: KEYS 1 lease, 2 pend, 3 msg, 4 seen, 5 seq, 6 dead, 7 stamp. ARGV 1 token, 2 entry_ttl
 -- ms, 3 max_attempts, 4 dead letters kept, 5... message ids. Counts a failed attempt of each
 -- id still pending; one that reaches max_attempts moves to the dead letters. Returns -1 if
 -- the lease is not the caller's (nothing changes), else {ids moved to the dead letters}.
@@ -26,5 +26,5 @@ for i = 5, #ARGV do
   end
 end
 redis.call('LTRIM', KEYS[6], -tonumber(ARGV[4]), -1)
-inbox_keep({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, tonumber(ARGV[2]))
+inbox_keep({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, tonumber(ARGV[2]))
 return dead

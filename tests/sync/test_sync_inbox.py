@@ -50,13 +50,6 @@ def lock(request: pytest.FixtureRequest) -> Iterator[SyncThreadLock]:
     yield from _sync_lock(request)
 
 
-# The Redis inbox store has no stranded_keys() yet (another change brings it), so sweep() and
-# serve() run on the backends whose store has it.
-@pytest.fixture(params=["memory", "postgres"])
-def sweepable_lock(request: pytest.FixtureRequest) -> Iterator[SyncThreadLock]:
-    yield from _sync_lock(request)
-
-
 def payloads(batch: SyncBatch) -> list[object]:
     return [m.payload for m in batch.messages]
 
@@ -241,9 +234,8 @@ def test_a_threaded_burst_is_answered_once_in_order(
 
 
 def test_sweep_answers_a_stranded_key_with_a_blocking_handler(
-    sweepable_lock: SyncThreadLock,
+    lock: SyncThreadLock,
 ) -> None:
-    lock = sweepable_lock
     inbox = Inbox(lock)
     for _ in inbox.turns("lost", "s1", id="s1"):
         break  # the owner went away mid-batch: pending, no lease
@@ -265,9 +257,8 @@ def test_sweep_answers_a_stranded_key_with_a_blocking_handler(
 
 
 def test_sweep_handler_runs_a_guarded_turn_under_the_batch_lease(
-    sweepable_lock: SyncThreadLock,
+    lock: SyncThreadLock,
 ) -> None:
-    lock = sweepable_lock
     fake = FakeOpenAI(response_duration=0.01)
     client = sync_client(fake)
     conversation_id = fake.add_conversation()
@@ -285,8 +276,7 @@ def test_sweep_handler_runs_a_guarded_turn_under_the_batch_lease(
     assert lock.inspect(conversation_id) is None
 
 
-def test_serve_sweeps_until_stopped(sweepable_lock: SyncThreadLock) -> None:
-    lock = sweepable_lock
+def test_serve_sweeps_until_stopped(lock: SyncThreadLock) -> None:
     inbox = Inbox(lock)
     for _ in inbox.turns("later", "l1", id="l1"):
         break

@@ -12,8 +12,9 @@ on Redis and Postgres, each with its own lock and OpenAI client over HTTP; 4 tas
 one lock on memory), as a webhook's load balancer would send it. A worker answers it with the
 plain ``guard_conversation`` (one turn per message) or with ``Inbox.turns`` and a strategy,
 calling the model under ``batch.lease`` and sending the reply unless ``batch.superseded()``
-(see ``benchmarks/inbox_worker.py``). Measured per run, from the workers' event logs and the
-fake's counters:
+(see ``benchmarks/inbox_worker.py``). Every worker first runs one warm-up turn (its process's
+first model, lock and inbox calls load modules and scripts: start-up cost, not counted).
+Measured per run, from the workers' event logs and the fake's counters:
 
 * model calls per burst (``POST /responses`` / users; the most any one user cost);
 * from a user's last message to the reply that answers it, p50 / p99 over the users;
@@ -232,7 +233,12 @@ async def _until(check: Any, timeout: float, what: str) -> None:
 
 
 async def _processes(
-    s: Settings, backend: Backend, specs: list[WorkerSpec], tmp: Path, kill: bool
+    s: Settings,
+    backend: Backend,
+    specs: list[WorkerSpec],
+    tmp: Path,
+    kill: bool,
+    fake: FakeOpenAI,
 ) -> dict[str, Any]:
     """Run the workers as processes; with ``kill``, SIGKILL one mid-batch and restart it."""
     procs = {spec.name: _start(spec, tmp) for spec in specs}
@@ -242,6 +248,7 @@ async def _processes(
         await _until(
             lambda: sum(e["ev"] == "ready" for e in read_log(log)) >= len(specs), 120, "ready"
         )
+        fake.reset_counters()  # the warm-up turns are not the run's
         before = await _server_counters(backend)
         start = time.time() + 0.3
         Path(specs[0].go).write_text(f"{start}\n", encoding="utf-8")
@@ -267,6 +274,7 @@ async def _processes(
             killed_at = time.time()
             procs[name].wait()
             spec = next(sp for sp in specs if sp.name == name)
+            spec.warm = ""  # a restarted process is cold, as in production
             procs[name + "-restarted"] = _start(spec, tmp)
 
             def all_answered() -> bool:
@@ -300,11 +308,16 @@ async def _processes(
 async def _in_process(specs: list[WorkerSpec], fake: FakeOpenAI) -> dict[str, Any]:
     lock = MemoryThreadLock()
     client = fake.client()
-    start = time.time() + 0.1
-    Path(specs[0].go).write_text(f"{start}\n", encoding="utf-8")
+    log = Path(specs[0].log)
     async with lock, anyio.create_task_group() as tg:
         for spec in specs:
             tg.start_soon(run_worker, spec, lock, client)
+        await _until(
+            lambda: sum(e["ev"] == "ready" for e in read_log(log)) >= len(specs), 120, "ready"
+        )
+        fake.reset_counters()  # the warm-up turns are not the run's
+        start = time.time() + 0.1
+        Path(specs[0].go).write_text(f"{start}\n", encoding="utf-8")
     await client.close()
     return {"start": start, "server": {}}
 
@@ -338,11 +351,16 @@ def summarise(
         elif e["ev"] == "start":
             starts[e["user"]] = starts.get(e["user"], 0) + 1
     waits = []
-    for _user, (message_id, _at) in last.items():
-        replies = [
-            e["t"] for e in events if e["ev"] == "batch" and e["sent"] and message_id in e["ids"]
-        ]
-        if replies and message_id in posted:
+    batches = [e for e in events if e["ev"] == "batch"]
+    for user, (message_id, _at) in last.items():
+        # Its reply: the first reply sent to the user once a model call included it (a
+        # superseded turn sends nothing; the next reply of the conversation covers it).
+        covered = [e["t"] for e in batches if message_id in e["ids"]]
+        if not covered or message_id not in posted:
+            continue
+        replies = [e["t"] for e in batches if e["user"] == user and e["sent"]]
+        replies = [t for t in replies if t >= min(covered)]
+        if replies:
             waits.append(min(replies) - posted[message_id])
     calls = fake.calls["POST /responses"]
     messages = len(ids)
@@ -368,18 +386,22 @@ async def run_one(s: Settings, backend: Backend, mode: str, kill: bool = False) 
         tmp = Path(tmp_name)
         (tmp / "events.jsonl").touch()
         kw: dict[str, Any] = {"serve": True, "ttl": s.kill_ttl} if kill else {}
+        warm = [fake.add_conversation() for _ in shares]
         if backend.name == "memory":
-            specs = [_spec(s, backend, mode, sh, n, tmp, **kw) for n, sh in enumerate(shares)]
+            specs = [
+                _spec(s, backend, mode, sh, n, tmp, **{**kw, "warm": warm[n]})
+                for n, sh in enumerate(shares)
+            ]
             extra = await _in_process(specs, fake)
         else:
             from tests._servers.fake_openai_http import serve_over_http
 
             with serve_over_http(fake) as url:
                 specs = [
-                    _spec(s, backend, mode, sh, n, tmp, openai_url=url, **kw)
+                    _spec(s, backend, mode, sh, n, tmp, openai_url=url, **{**kw, "warm": warm[n]})
                     for n, sh in enumerate(shares)
                 ]
-                extra = await _processes(s, backend, specs, tmp, kill)
+                extra = await _processes(s, backend, specs, tmp, kill, fake)
         events = read_log(tmp / "events.jsonl")
     row = {
         "backend": backend.name,

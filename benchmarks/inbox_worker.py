@@ -7,7 +7,7 @@ of its own (``python -m benchmarks.inbox_worker SPEC.json``); on memory the work
 of the controller sharing one lock. Every event is one line appended to the run's log file
 (``O_APPEND``, one ``write`` each, so lines survive a SIGKILL):
 
-* ``{"ev": "ready"}`` once the worker can take messages;
+* ``{"ev": "ready"}`` once the worker can take messages (after its warm-up turn);
 * ``{"ev": "post", "id", "user", "t"}`` when a message arrives (before it is stored);
 * ``{"ev": "start", "ids", "user", "t"}`` when a batch starts its model call;
 * ``{"ev": "batch", "ids", "user", "sent", "t"}`` when the model call of a batch returned
@@ -58,6 +58,10 @@ class WorkerSpec:
     ttl: float = 30.0
     serve: bool = False  # run inbox.serve() beside the messages (crash recovery)
     serve_interval: float = 0.5
+    #: a conversation for the warm-up turn before ``ready`` ("" for none): a process's first
+    #: model call and first lock and inbox calls pay for imports and script loads, which is
+    #: start-up cost, not the turn's
+    warm: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,6 +144,8 @@ async def run_worker(spec: WorkerSpec, lock: ThreadLock, client: openai.AsyncOpe
         await answer(batch.lease.key, batch)
 
     try:
+        if spec.warm:
+            await _warm_up(spec, lock, client, inbox)
         log.event(ev="ready", name=spec.name, pid=os.getpid())
         start = await _wait_go(spec.go)
         async with anyio.create_task_group() as tg:
@@ -153,6 +159,18 @@ async def run_worker(spec: WorkerSpec, lock: ThreadLock, client: openai.AsyncOpe
             # with serve: run until the controller ends the process
     finally:
         log.close()
+
+
+async def _warm_up(
+    spec: WorkerSpec, lock: ThreadLock, client: openai.AsyncOpenAI, inbox: Inbox | None
+) -> None:
+    async with guard_conversation(client, spec.warm, lock=lock, ttl=spec.ttl) as turn:
+        await turn.create(model=MODEL, input="warm-up")
+    if inbox is not None:
+        key = f"warm-{spec.name}-{os.getpid()}"
+        async with inbox.turns(key, "warm-up", strategy="queue", ttl=spec.ttl) as turns:
+            async for _ in turns:
+                pass
 
 
 async def _serve(inbox: Inbox, handler: Any, spec: WorkerSpec, options: dict[str, Any]) -> None:

@@ -261,7 +261,7 @@ async def test_fastapi_client_disconnect_releases_the_lock_and_the_sweeper_answe
 ) -> None:
     example = load("fastapi_webhook")
     monkeypatch.setattr(example, "SWEEP_INTERVAL", 0.05)
-    fake = FakeOpenAI(response_duration=5.0)  # a slow model: the client gives up mid-turn
+    fake = FakeOpenAI(response_duration=1.0)  # a slow model: the client gives up mid-turn
     lock = MemoryThreadLock()
     app = example.create_app(lock=lock, client=fake.client())
     transport = httpx.ASGITransport(app=app)
@@ -269,18 +269,25 @@ async def test_fastapi_client_disconnect_releases_the_lock_and_the_sweeper_answe
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://webhook") as http,
     ):
+        conversation_id = await app.state.conversations.get("u9")
         request = asyncio.create_task(http.post("/webhook", json={"user_id": "u9", "text": "slow"}))
-        deadline = time.monotonic() + 5
-        while not await lock.held():
+        deadline = time.monotonic() + 30
+        while not fake.calls["POST /responses"]:  # the batch's model call is in flight
             assert time.monotonic() < deadline, "the turn never started"
             await asyncio.sleep(0.01)
+        owner = await lock.inspect(conversation_id)
+        assert owner is not None
         request.cancel()  # ASGITransport runs the app in the request's task: it is cancelled
         with pytest.raises(asyncio.CancelledError):
             await request
-        conversation_id = await app.state.conversations.get("u9")
+        now = await lock.inspect(conversation_id)  # released at once (or the sweeper's by now)
+        assert now is None or now.fence != owner.fence
+        pending = await app.state.inbox.pending(conversation_id)
+        assert [m.payload["text"] for m in pending] == ["slow"]  # the batch stayed pending
         fake.response_duration = 0.01
-        # the cancelled batch stayed pending; the sweeper answers it once the lease is free
-        deadline = time.monotonic() + 10
+        # The cancelled batch stayed pending; the sweeper answers it once the lease is free
+        # (its guard waits out the cancelled request's response, still running at the fake).
+        deadline = time.monotonic() + 60
         while not app.state.outbox:
             assert time.monotonic() < deadline, "the sweeper did not answer the pending batch"
             await asyncio.sleep(0.01)

@@ -1,8 +1,9 @@
 """The documentation's figures, drawn from the saved results: ``python -m benchmarks.figures``.
 
 Reads ``benchmarks/results/{memory,redis,postgres}.json`` (written by ``python -m benchmarks``),
-``benchmarks/results/cluster.json`` (``python -m benchmarks.cluster_scale``)
-and ``benchmarks/results/demo.json`` (the output of ``threadlock demo --json``), and writes one
+``benchmarks/results/cluster.json`` (``python -m benchmarks.cluster_scale``),
+``benchmarks/results/inbox.json`` (``python -m benchmarks.inbox``) and
+``benchmarks/results/demo.json`` (the output of ``threadlock demo --json``), and writes one
 SVG per figure into ``docs/assets/``. The SVG is written by hand (no plotting library), and the
 same JSON always gives the same bytes, so ``tests/test_figures.py`` can check that the
 committed figures are the ones the committed results give.
@@ -121,11 +122,13 @@ class Svg:
 
 
 def demo_figure(demo: dict[str, Any]) -> str:
-    """Two panels: what went wrong (counts) and how long a reply took (seconds)."""
-    without, with_lock = demo["passes"]
+    """Two panels: what went wrong (counts) and how long a reply took (seconds), a bar per
+    pass (without the lock, with it, and with the inbox when the demo ran that pass)."""
+    passes = demo["passes"]
+    colours = (BAD, OURS, OURS_LIGHT)[: len(passes)]
     total = demo["users"] * demo["messages_per_user"]
     width, height = 760, 372
-    svg = Svg(width, height, "threadlock demo: without the lock and with it")
+    svg = Svg(width, height, "threadlock demo: without the lock, with it, and with the inbox")
     svg.text(
         20,
         28,
@@ -134,49 +137,47 @@ def demo_figure(demo: dict[str, Any]) -> str:
         size=17,
         bold=True,
     )
-    svg.legend(20, 52, [(BAD, str(without["label"])), (OURS, str(with_lock["label"]))])
+    svg.legend(20, 52, [(c, str(p["label"])) for c, p in zip(colours, passes, strict=False)])
 
     def panel(
         left: float,
         title: str,
-        groups: Sequence[tuple[str, float, float]],
+        groups: Sequence[tuple[str, Sequence[float]]],
         label: Callable[[float], str],
     ) -> None:
         top, bottom, panel_width = 98.0, 286.0, 340.0
-        peak = max(max(a, b) for _, a, b in groups) or 1.0
+        peak = max(max(values) for _, values in groups) or 1.0
         svg.text(left, top - 14, title, bold=True)
         svg.line(left, bottom, left + panel_width, bottom, MUTED)
         slot = panel_width / len(groups)
-        bar = min(36.0, slot / 3)
-        for i, (name, a, b) in enumerate(groups):
+        bar = min(36.0, slot / (len(passes) + 1))
+        for i, (name, values) in enumerate(groups):
             centre = left + slot * (i + 0.5)
-            for value, colour, x in ((a, BAD, centre - bar - 2), (b, OURS, centre + 2)):
+            first = centre - (bar + 4) * len(values) / 2 + 2
+            for j, (value, colour) in enumerate(zip(values, colours, strict=False)):
+                x = first + (bar + 4) * j
                 h = (bottom - top - 16) * value / peak
                 svg.rect(x, bottom - h, bar, h, colour)
-                svg.text(x + bar / 2, bottom - h - 4, label(value), anchor="middle", size=14)
+                svg.text(x + bar / 2, bottom - h - 4, label(value), anchor="middle", size=13)
             for j, word in enumerate(name.split("\n")):
                 svg.text(centre, bottom + 19 + 16 * j, word, anchor="middle", size=14, fill=MUTED)
 
-    panel(
-        20,
-        f"What went wrong, out of {total} messages",
-        [
-            ("400 errors\n(incl. retries)", without["errors"], with_lock["errors"]),
-            ("lost\nmessages", without["lost"], with_lock["lost"]),
-            ("out-of-order\nreplies", without["out_of_order"], with_lock["out_of_order"]),
-        ],
-        lambda v: f"{v:.0f}",
-    )
-    panel(
-        400,
-        "Time to reply, and to answer everyone",
-        [
-            ("p50 reply", without["p50"] or 0.0, with_lock["p50"] or 0.0),
-            ("p99 reply", without["p99"] or 0.0, with_lock["p99"] or 0.0),
-            ("wall time", without["wall"], with_lock["wall"]),
-        ],
-        lambda v: f"{v:.2f} s",
-    )
+    counts = [
+        ("400 errors\n(incl. retries)", [p["errors"] for p in passes]),
+        ("lost\nmessages", [p["lost"] for p in passes]),
+        ("out-of-order\nreplies", [p["out_of_order"] for p in passes]),
+    ]
+    if all("model_calls" in p for p in passes):
+        counts.append(("model calls\n(all tries)", [p["model_calls"] for p in passes]))
+    panel(20, f"What it cost, out of {total} messages", counts, lambda v: f"{v:.0f}")
+    times = [
+        ("p50 reply", [p["p50"] or 0.0 for p in passes]),
+        ("p99 reply", [p["p99"] or 0.0 for p in passes]),
+    ]
+    if all("last_reply_p50" in p for p in passes):
+        times.append(("last reply\n(p50 user)", [p["last_reply_p50"] or 0.0 for p in passes]))
+    times.append(("wall time", [p["wall"] for p in passes]))
+    panel(400, "Time to reply, and to answer everyone (s)", times, lambda v: f"{v:.1f}")
     where = (
         f"FakeOpenAI, {demo['response_duration'] * 1000:.0f} ms per response"
         if demo.get("openai") == "fake"
@@ -398,6 +399,68 @@ def cluster_figure(doc: dict[str, Any]) -> str:
     return svg.render()
 
 
+# --- the inbox: a burst per user, the plain guard and each strategy ---------------------------
+
+INBOX_MODES = ("plain", "queue", "coalesce", "debounce", "latest")
+
+
+def inbox_figure(doc: dict[str, Any]) -> str:
+    """Model calls per burst and last message to reply (p50), a group per strategy and a bar
+    per backend."""
+    s = doc["settings"]
+    names = list(doc["backends"])
+    colours = (OURS, OURS_LIGHT, PEER, PEER_LIGHT)[: len(names)]
+    width, height = 760, 388
+    svg = Svg(width, height, "threadlock inbox: model calls and time to the last reply")
+    svg.text(
+        20,
+        28,
+        f"Inbox: {s['users']} users x {s['messages']} messages within {s['span']:g} s, "
+        f"a {s['turn']:g} s model turn",
+        size=17,
+        bold=True,
+    )
+    svg.legend(20, 52, list(zip(colours, names, strict=False)))
+
+    def runs(metric: str) -> list[tuple[str, Sequence[float]]]:
+        groups: list[tuple[str, Sequence[float]]] = []
+        for mode in INBOX_MODES:
+            values = []
+            for name in names:
+                row = next((r for r in doc["backends"][name]["runs"] if r["mode"] == mode), None)
+                values.append(float((row or {}).get(metric) or 0.0))
+            groups.append(("plain\nguard" if mode == "plain" else mode, values))
+        return groups
+
+    _bars(svg, 20, "Model calls per burst", runs("calls_per_burst"), colours, lambda v: f"{v:.1f}")
+    _bars(
+        svg,
+        400,
+        "Last message to its reply, p50 (s)",
+        runs("last_reply_p50_s"),
+        colours,
+        lambda v: f"{v:.1f}",
+    )
+    machine = doc.get("machine", {})
+    svg.text(
+        20,
+        height - 26,
+        f"From benchmarks/results/inbox.json ({str(machine.get('date', ''))[:10]}, "
+        f"{machine.get('cpu_count', '?')} CPUs): FakeOpenAI; {s['workers']} worker processes "
+        "on Redis and Postgres;",
+        size=13,
+        fill=MUTED,
+    )
+    svg.text(
+        20,
+        height - 9,
+        f"debounce {s['debounce']:g} s. Lost and answered-twice messages: see the table.",
+        size=13,
+        fill=MUTED,
+    )
+    return svg.render()
+
+
 # --- the list of figures --------------------------------------------------------------------
 
 
@@ -414,6 +477,7 @@ def figures(results: Path = RESULTS) -> dict[str, str]:
         "latency-redis.svg": latency_figure(_load("redis.json", results), "redis"),
         "latency-postgres.svg": latency_figure(_load("postgres.json", results), "postgres"),
         "cluster-scale.svg": cluster_figure(_load("cluster.json", results)),
+        "inbox.svg": inbox_figure(_load("inbox.json", results)),
     }
 
 

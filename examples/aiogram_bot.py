@@ -1,4 +1,5 @@
-"""An aiogram 3 Telegram bot: each chat is one ``previous_response_id`` chain, one turn at a time.
+"""An aiogram 3 Telegram bot: each chat is one ``previous_response_id`` chain, and a burst of
+messages is answered by one reply.
 
     python examples/aiogram_bot.py      # offline: a burst of fake updates, FakeOpenAI, no network
     TELEGRAM_BOT_TOKEN=... OPENAI_API_KEY=sk-... python examples/aiogram_bot.py   # real polling
@@ -6,11 +7,14 @@
 aiogram runs every update in its own task, so a user who sends three messages in a row gets
 three handlers running at once on the same chat. With ``previous_response_id`` chains OpenAI
 raises no error then: the three turns all continue from the same response, and two of them are
-silently lost from the chat's history. Here each handler wraps its turn in
-``guard_conversation(..., chain=...)``: the lease key is the chat, taken as the handler starts;
-turns of one chat run one at a time, in arrival order; the guard supplies
-``previous_response_id`` from the chain's head and moves the head under the lease; and the
-reply is sent inside the turn, so replies go out in order too. Different chats run in parallel.
+silently lost from the chat's history. Here each handler posts its message to the chat's
+:class:`threadlock.Inbox` (``coalesce``, the update id as the message id, so a redelivered
+update is a no-op). The first handler owns the chat; the others return at once, their
+messages pending for the owner, which answers everything pending in one turn under the
+batch's lease: ``guard_conversation(..., chain=..., lease=batch.lease)`` supplies
+``previous_response_id`` from the chain's head and moves the head under that lease. A turn
+that newer messages superseded sends nothing (its answer stays in the chain); the next
+turn answers them too, so a burst gets one reply. Different chats run in parallel.
 
 (With the Conversations API instead, key the lease on the conversation id:
 ``guard_conversation(client, conversation_id, lock=lock)``; see ``asyncio_bot.py``.)
@@ -37,12 +41,12 @@ from aiogram.methods.base import TelegramType
 from aiogram.types import Chat, Message, Update, User
 
 import threadlock
-from threadlock import ThreadBusy
+from threadlock import Inbox, InboxFull
 from threadlock.openai import guard_conversation
 from threadlock.testing import FakeOpenAI
 
 MODEL = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
-BUSY_TEXT = "Still answering your earlier messages; please send this one again in a minute."
+FULL_TEXT = "That is a lot of messages at once; please wait for my answer."
 
 
 def chain_key(chat_id: int) -> str:
@@ -51,27 +55,33 @@ def chain_key(chat_id: int) -> str:
 
 
 async def on_text(
-    message: Message, lock: threadlock.ThreadLock, openai_client: openai.AsyncOpenAI
+    message: Message, inbox: Inbox, lock: threadlock.ThreadLock, openai_client: openai.AsyncOpenAI
 ) -> None:
-    """One turn per message; ``lock`` and ``openai_client`` come from the dispatcher's
-    workflow data."""
+    """Post the message; if this handler owns the chat, answer every batch. ``inbox``,
+    ``lock`` and ``openai_client`` come from the dispatcher's workflow data."""
+    key = chain_key(message.chat.id)
     try:
-        async with guard_conversation(
-            openai_client, None, lock=lock, chain=chain_key(message.chat.id), ttl=30, timeout=120
-        ) as turn:
-            response = await turn.create(model=MODEL, input=message.text or "")
-            await message.answer(response.output_text)  # inside the turn: replies stay in order
-    except ThreadBusy:
-        # Waited two minutes behind earlier turns of this chat: tell the user instead of
-        # keeping the update's task alive forever.
-        await message.answer(BUSY_TEXT)
+        turns = inbox.turns(key, message.text or "", id=f"{key}:{message.message_id}", ttl=30)
+        async with turns:
+            async for batch in turns:
+                text = "\n".join(str(m.payload) for m in batch.messages)
+                async with guard_conversation(
+                    openai_client, None, lock=lock, chain=key, lease=batch.lease
+                ) as turn:
+                    response = await turn.create(model=MODEL, input=text)
+                if await batch.superseded():
+                    continue  # newer messages arrived: the next turn answers them too
+                await message.answer(response.output_text)  # under the lease: in order
+    except InboxFull:
+        await message.answer(FULL_TEXT)  # nothing already pending was dropped
 
 
 def build_dispatcher(lock: threadlock.ThreadLock, client: openai.AsyncOpenAI) -> Dispatcher:
-    """The dispatcher, with the lock and the OpenAI client injected into every handler."""
+    """The dispatcher, with the inbox, the lock and the OpenAI client injected into every
+    handler."""
     router = Router(name="chat")
     router.message.register(on_text, F.text)
-    dp = Dispatcher(lock=lock, openai_client=client)
+    dp = Dispatcher(inbox=Inbox(lock), lock=lock, openai_client=client)
     dp.include_router(router)
     return dp
 
@@ -152,6 +162,7 @@ async def offline_demo(chats: int = 2, messages: int = 3) -> list[tuple[int, str
             await asyncio.sleep(0.001)
         await asyncio.gather(*tasks)
     print(f"FakeOpenAI refused {fake.concurrency_errors} request(s) for concurrent use")
+    print(f"model calls: {fake.calls['POST /responses']} for {chats * messages} messages")
     return session.sent
 
 
@@ -166,8 +177,11 @@ def main() -> int:
     if os.environ.get("TELEGRAM_BOT_TOKEN") and os.environ.get("OPENAI_API_KEY"):
         asyncio.run(polling())
         return 0
-    for chat_id, text in asyncio.run(offline_demo()):
-        print(f"bot -> chat {chat_id}: {text}")
+    sent = asyncio.run(offline_demo())
+    for chat_id, text in sent:
+        print(f"bot -> chat {chat_id}: {text!r}")
+    for chat_id in sorted({c for c, _ in sent}):
+        print(f"chat {chat_id}: {sum(c == chat_id for c, _ in sent)} reply for its burst")
     return 0
 
 

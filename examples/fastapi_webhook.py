@@ -1,4 +1,4 @@
-"""A FastAPI webhook: every POST is one turn on the sender's OpenAI conversation.
+"""A FastAPI webhook: a burst of POSTs from one sender is answered by one turn.
 
     python examples/fastapi_webhook.py            # offline: a burst of requests, in-process
     python examples/fastapi_webhook.py --serve    # uvicorn on 127.0.0.1:8000
@@ -6,10 +6,16 @@
         python examples/fastapi_webhook.py --serve
 
 Webhook providers (WhatsApp, Telegram in webhook mode, a web chat) deliver a burst of messages
-as concurrent requests, often to several server processes. Each request waits its turn on the
-sender's conversation (up to ``TURN_TIMEOUT``), then answers. A request that could not get its
-turn in time gets HTTP 429 with ``Retry-After``, so the provider redelivers it later. A client
-that disconnects mid-turn cancels the handler, and the lease is released all the same.
+as concurrent requests, often to several server processes. Each request posts its message to
+the sender's :class:`threadlock.Inbox` (``coalesce``; the provider's message id, if given, as
+the id, so a redelivery is a no-op) and returns at once with ``"queued"`` unless it owns the
+conversation. The owner answers everything pending in one turn, under the batch's lease
+(``guard_conversation(..., lease=batch.lease)``), and sends the reply (here: appends it to
+``app.state.outbox``; a real app calls the provider's send API) unless newer messages
+superseded the turn; the next turn answers them too. A full inbox is HTTP 429 with
+``Retry-After``. A client that disconnects mid-turn cancels the handler: the lease is
+released, the batch stays pending, and the sweeper (``inbox.serve``, started with the app on
+backends that support it) answers it.
 
 ``GET /locks`` lists the turns in progress (``lock.held()``).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import sys
@@ -31,23 +38,28 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
 import threadlock
-from threadlock import ThreadBusy
+from threadlock import Inbox, InboxFull
+from threadlock.inbox import Batch, SweepableStore
 from threadlock.openai import guard_conversation, recover_orphaned_runs
 from threadlock.testing import FakeOpenAI
 
 MODEL = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
-TURN_TIMEOUT = 20.0  # seconds a request may wait for its turn; keep it under the provider's
+TURN_TIMEOUT = 20.0  # seconds a first message may wait to create its conversation
+MAX_PENDING = 50  # messages a sender may have waiting; one more is HTTP 429
+SWEEP_INTERVAL = 1.0  # seconds between two passes of the sweeper (crash recovery)
 
 
 class Incoming(BaseModel):
     user_id: str
     text: str
+    message_id: str | None = None  # the provider's id: a redelivery is then a no-op
 
 
 class Reply(BaseModel):
     user_id: str
-    reply: str
-    fence: int
+    status: str  # "answered": this request owned the conversation; "queued": the owner answers
+    replies: list[str]  # the replies this request sent
+    fence: int | None  # the lease's fence, when this request owned the conversation
 
 
 def default_client() -> openai.AsyncOpenAI:
@@ -82,6 +94,20 @@ class Conversations:
         return self._ids[user_id]
 
 
+async def answer(state: Any, batch: Batch) -> str | None:
+    """One turn for a batch of one conversation (``batch.lease.key``), under its lease; the
+    reply, or ``None`` when newer messages superseded the turn (the next one answers them)."""
+    payloads: list[dict[str, str]] = [m.payload for m in batch.messages]  # type: ignore[misc]
+    async with guard_conversation(
+        state.client, batch.lease.key, lock=state.lock, lease=batch.lease
+    ) as turn:
+        response = await turn.create(model=MODEL, input="\n".join(p["text"] for p in payloads))
+    if await batch.superseded():
+        return None
+    state.outbox.append((payloads[-1]["user_id"], response.output_text))  # "send" it
+    return response.output_text
+
+
 def create_app(
     lock: threadlock.ThreadLock | None = None, client: openai.AsyncOpenAI | None = None
 ) -> FastAPI:
@@ -93,10 +119,24 @@ def create_app(
         app.state.lock = default_lock() if lock is None else lock
         app.state.client = default_client() if client is None else client
         app.state.conversations = Conversations(app.state.client, app.state.lock)
+        app.state.inbox = Inbox(app.state.lock, max_pending=MAX_PENDING)
+        app.state.outbox = []
         async with app.state.lock:
             # Once at start-up: cancel what a crashed worker left running.
             await recover_orphaned_runs(app.state.client, lock=app.state.lock, max_age=300)
-            yield
+            sweeper = None
+            if isinstance(app.state.inbox.store, SweepableStore):
+                # Answers the batches of an owner that died (or disconnected) mid-turn.
+                sweeper = asyncio.create_task(
+                    app.state.inbox.serve(lambda b: answer(app.state, b), interval=SWEEP_INTERVAL)
+                )
+            try:
+                yield
+            finally:
+                if sweeper is not None:
+                    sweeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sweeper
 
     app = FastAPI(title="threadlock webhook example", lifespan=lifespan)
 
@@ -104,15 +144,22 @@ def create_app(
     async def webhook(message: Incoming, request: Request) -> Reply:
         state = request.app.state
         conversation_id = await state.conversations.get(message.user_id)
+        payload = {"user_id": message.user_id, "text": message.text}
+        replies: list[str] = []
+        fence: int | None = None
         try:
-            async with guard_conversation(
-                state.client, conversation_id, lock=state.lock, ttl=30, timeout=TURN_TIMEOUT
-            ) as turn:
-                response = await turn.create(model=MODEL, input=message.text)
-        except ThreadBusy as busy:
-            retry = str(math.ceil(busy.retry_after))
-            raise HTTPException(429, "conversation busy", headers={"Retry-After": retry}) from busy
-        return Reply(user_id=message.user_id, reply=response.output_text, fence=turn.lease.fence)
+            turns = state.inbox.turns(conversation_id, payload, id=message.message_id, ttl=30)
+            async with turns:
+                async for batch in turns:
+                    fence = batch.lease.fence
+                    reply = await answer(state, batch)
+                    if reply is not None:
+                        replies.append(reply)
+        except InboxFull as full:
+            retry = str(math.ceil(SWEEP_INTERVAL * 5))
+            raise HTTPException(429, str(full), headers={"Retry-After": retry}) from full
+        status = "queued" if fence is None else "answered"
+        return Reply(user_id=message.user_id, status=status, replies=replies, fence=fence)
 
     @app.get("/locks")
     async def locks(request: Request) -> list[dict[str, Any]]:
@@ -124,8 +171,8 @@ def create_app(
     return app
 
 
-async def offline_demo(users: int = 2, messages: int = 3) -> list[dict[str, Any]]:
-    """Run the app in-process and post a burst of messages; returns the replies."""
+async def offline_demo(users: int = 2, messages: int = 3) -> list[tuple[str, str]]:
+    """Run the app in-process and post a burst of messages; returns what was sent."""
     app = create_app()
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -144,7 +191,10 @@ async def offline_demo(users: int = 2, messages: int = 3) -> list[dict[str, Any]
             for i in range(messages)
             for u in range(users)
         ]
-        return list(await asyncio.gather(*tasks))
+        for body in await asyncio.gather(*tasks):
+            print(body)
+        sent: list[tuple[str, str]] = app.state.outbox
+        return sent
 
 
 def main() -> int:
@@ -157,8 +207,9 @@ def main() -> int:
 
         uvicorn.run(create_app(), host="127.0.0.1", port=args.port)
         return 0
-    for reply in asyncio.run(offline_demo()):
-        print(reply)
+    sent = asyncio.run(offline_demo())
+    for user in sorted({u for u, _ in sent}):
+        print(f"{user}: {sum(u == user for u, _ in sent)} reply for its burst")
     return 0
 
 

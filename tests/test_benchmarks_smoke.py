@@ -256,3 +256,59 @@ def test_postgres_cost_quick_run_counts_statements_round_trips_and_wal(tmp_path:
     assert pair("threadlock (durable)")["wal_syncs"] >= 2.0
     md = (tmp_path / "postgres-cost.md").read_text(encoding="utf-8")
     assert md.startswith("# Postgres cost per pair")
+
+
+def test_inbox_quick_run_answers_every_message_and_kills_an_owner_on_postgres(
+    tmp_path: Path,
+) -> None:
+    from tests._servers.postgres_server import find_bindir
+    from tests._servers.redis_server import _missing
+
+    if find_bindir() is None:
+        _missing("initdb/pg_ctl are not installed; the inbox benchmark's kill run needs them")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.inbox",
+            "--quick",
+            "--backends",
+            "memory,postgres",
+            "--modes",
+            "plain,coalesce",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "inbox.json").read_text(encoding="utf-8"))
+    settings = doc["settings"]
+    for name in ("memory", "postgres"):
+        section = doc["backends"][name]
+        runs = {r["mode"]: r for r in section["runs"]}
+        assert set(runs) == {"plain", "coalesce"}
+        assert runs["plain"]["calls_per_burst"] == settings["messages"]  # one turn a message
+        for run in runs.values():
+            assert run["messages"] == settings["users"] * settings["messages"]
+            assert run["lost"] == 0, run
+            assert run["answered_twice"] == 0, run
+            assert run["concurrency_errors"] == 0, run
+            assert run["bursts_with_a_reply"] == settings["users"], run
+        race = section["race"]
+        assert race["rounds"] == settings["race_rounds"]
+        assert race["stranded"] == race["still_held"] == 0, race
+    assert doc["backends"]["memory"]["kill"] is None  # no process to kill in-process
+    kill = doc["backends"]["postgres"]["kill"]
+    assert kill["kill"] is True, kill
+    assert kill["killed_batch"] >= 1, kill
+    assert kill["lost"] == 0, kill
+    assert kill["bursts_with_a_reply"] == settings["users"], kill
+    assert doc["backends"]["postgres"]["runs"][0]["pg_xacts_per_message"] > 0
+    md = (tmp_path / "inbox.md").read_text(encoding="utf-8")
+    assert md.startswith("# Benchmark results: inbox")
+    assert "| postgres | messages lost, an owner SIGKILLed mid-batch | 0 | = 0 | PASS |" in md

@@ -44,12 +44,19 @@ def test_demo_guarded_pass_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == EXIT_OK
     assert "without lock" in out
     assert "with threadlock" in out
-    assert _row(out, "messages") == ["24", "24"]
-    errors_without, errors_with = _row(out, "400 errors (incl. retries)")
-    assert int(errors_with) == 0
+    assert "with inbox (coalesce)" in out
+    assert _row(out, "messages") == ["24", "24", "24"]
+    errors_without, errors_with, errors_inbox = _row(out, "400 errors (incl. retries)")
+    assert int(errors_with) == int(errors_inbox) == 0
     assert int(errors_without) > 0  # the burst really collides without the lock
-    assert _row(out, "out-of-order replies")[1] == "0"
-    assert _row(out, "lost messages")[1] == "0"
+    assert _row(out, "out-of-order replies")[1:] == ["0", "0"]
+    assert _row(out, "lost messages")[1:] == ["0", "0"]
+    calls_without, calls_with, calls_inbox = map(int, _row(out, "model calls (all tries)"))
+    assert calls_with == 24  # one turn a message
+    assert calls_without > 24  # the refused attempts are calls too
+    # each user's burst is sent at once: one turn for what is pending when the owner takes
+    # its first batch, at most one more for the rest
+    assert 6 <= calls_inbox <= 6 * 2
 
 
 def test_demo_announces_each_pass_and_fits_80_columns(
@@ -59,11 +66,12 @@ def test_demo_announces_each_pass_and_fits_80_columns(
     lines = capsys.readouterr().out.splitlines()
     passes = [line for line in lines if line.startswith("pass ")]
     assert passes == [
-        "pass 1 of 2, without lock: 6 messages ...",
-        "pass 2 of 2, with threadlock: 6 messages ...",
+        "pass 1 of 3, without lock: 6 messages ...",
+        "pass 2 of 3, with threadlock: 6 messages ...",
+        "pass 3 of 3, with inbox (coalesce): 6 messages ...",
     ]
     table = lines.index(next(line for line in lines if line.startswith("messages")))
-    assert lines.index(passes[1]) < table  # announced before the figures, not after
+    assert lines.index(passes[2]) < table  # announced before the figures, not after
     assert max(len(line) for line in lines) <= 80
 
 
@@ -73,13 +81,21 @@ def test_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     figures = json.loads(captured.out)  # stdout is the JSON alone
     assert code == EXIT_OK
     assert figures["clean"] is True
-    without, with_lock = figures["passes"]
-    assert (without["label"], with_lock["label"]) == ("without lock", "with threadlock")
-    assert without["messages"] == with_lock["messages"] == 12
+    without, with_lock, with_inbox = figures["passes"]
+    assert [p["label"] for p in figures["passes"]] == [
+        "without lock",
+        "with threadlock",
+        "with inbox (coalesce)",
+    ]
+    assert without["messages"] == with_lock["messages"] == with_inbox["messages"] == 12
     assert without["errors"] > 0
-    assert (with_lock["errors"], with_lock["lost"], with_lock["out_of_order"]) == (0, 0, 0)
-    assert with_lock["p50"] <= with_lock["p99"]
-    assert "pass 1 of 2" in captured.err  # progress goes to stderr
+    for locked in (with_lock, with_inbox):
+        assert (locked["errors"], locked["lost"], locked["out_of_order"]) == (0, 0, 0)
+        assert locked["p50"] <= locked["p99"]
+        assert locked["last_reply_p50"] is not None
+    assert with_lock["model_calls"] == 12
+    assert 4 <= with_inbox["model_calls"] <= 4 * 2  # per user: at most two turns
+    assert "pass 1 of 3" in captured.err  # progress goes to stderr
 
 
 def test_demo_rejects_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:

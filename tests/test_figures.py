@@ -35,6 +35,7 @@ def test_committed_figures_are_what_the_committed_results_give() -> None:
         "latency-redis.svg",
         "latency-postgres.svg",
         "cluster-scale.svg",
+        "inbox.svg",
     }
     assert figures.stale(drawn) == [], "run: python -m benchmarks.figures"
 
@@ -96,8 +97,10 @@ def test_demo_figure_accepts_what_the_demo_prints_now() -> None:
     texts = _texts(figures.demo_figure(demo))
     assert "threadlock demo: 2 users x 2 messages sent at once (4 messages), 2 workers" in texts
     assert "with threadlock" in texts
-    # the guarded pass's three counts are drawn as zeros
-    assert texts.count("0") >= 3
+    assert "with inbox (coalesce)" in texts
+    # the guarded and the inbox passes' three counts are drawn as zeros
+    assert texts.count("0") >= 6
+    assert "model calls" in texts
 
 
 def test_cluster_figure_shows_every_run_and_the_shared_cores() -> None:
@@ -112,3 +115,17 @@ def test_cluster_figure_shows_every_run_and_the_shared_cores() -> None:
     assert f"{scaling['turns_per_s_1_shard']:,.0f} turns/s" in texts
     assert f"{scaling['turns_per_s_3_shards']:,.0f} turns/s" in texts
     assert any(f"share {doc['machine']['cpu_count']} CPUs" in t for t in texts)
+
+
+def test_inbox_figure_shows_every_strategy_on_every_backend() -> None:
+    doc = json.loads((ROOT / "benchmarks/results/inbox.json").read_text(encoding="utf-8"))
+    texts = _texts(figures.inbox_figure(doc))
+    for name in doc["backends"]:  # the legend
+        assert name in texts
+    for mode in ("queue", "coalesce", "debounce", "latest"):
+        assert texts.count(mode) == 2  # one group per panel
+    assert texts.count("plain") == 2
+    for section in doc["backends"].values():
+        for run in section["runs"]:
+            assert f"{run['calls_per_burst']:.1f}" in texts
+            assert f"{run['last_reply_p50_s']:.1f}" in texts

@@ -1,9 +1,11 @@
-"""``threadlock demo``: a burst of messages, first without the lock, then with it.
+"""``threadlock demo``: a burst of messages without the lock, with it, and with the inbox.
 
 Simulated users each send a burst of messages to their own conversation; a pool of workers
 (as a webhook server or queue would) answers them through ``client.responses.create``. The
 unguarded bot does what hand-written bots do: on a 400 it waits a moment and retries, a few
-times. The guarded bot wraps each turn in :func:`threadlock.openai.guard_conversation`.
+times. The guarded bot wraps each turn in :func:`threadlock.openai.guard_conversation`. The
+inbox bot posts each message to :class:`threadlock.Inbox` (``coalesce``): the worker that owns
+a conversation answers everything pending in one turn, under the batch's lease.
 
 By default everything runs in-process against :class:`threadlock.testing.FakeOpenAI`, which
 enforces OpenAI's concurrency rules, on the memory backend: no server, no API key.
@@ -25,6 +27,7 @@ import openai
 
 from threadlock.backends import from_url
 from threadlock.backends.memory import MemoryThreadLock
+from threadlock.inbox import Inbox
 from threadlock.openai.guard import guard_conversation
 from threadlock.openai.runs import is_conversation_locked
 from threadlock.protocol import ThreadLock
@@ -44,16 +47,20 @@ class DemoResult:
 
     label: str
     messages: int = 0
+    model_calls: int = 0
     errors: int = 0
     lost: int = 0
     out_of_order: int = 0
     wall: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    #: per user, from the burst to the reply to its last message
+    last_replies: list[float] = field(default_factory=list)
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
+    def percentile(self, q: float, values: list[float] | None = None) -> float:
+        values = self.latencies if values is None else values
+        if not values:
             return float("nan")
-        ordered = sorted(self.latencies)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
     def as_dict(self) -> dict[str, object]:
@@ -65,12 +72,14 @@ class DemoResult:
         return {
             "label": self.label,
             "messages": self.messages,
+            "model_calls": self.model_calls,
             "errors": self.errors,
             "lost": self.lost,
             "out_of_order": self.out_of_order,
             "wall": round(self.wall, 4),
             "p50": seconds(self.percentile(0.50)),
             "p99": seconds(self.percentile(0.99)),
+            "last_reply_p50": seconds(self.percentile(0.50, self.last_replies)),
         }
 
 
@@ -92,10 +101,14 @@ async def _burst(
     conversations: list[str],
     per_user: int,
     workers: int,
-    handle: Callable[[str, str], Awaitable[bool]],
+    handle: Callable[[str, str, dict[str, float]], Awaitable[None]],
     accepted: Callable[[str], Awaitable[list[str]]],
 ) -> DemoResult:
+    """Send every burst at once; ``handle(conversation, text, answered)`` records in
+    ``answered[text]`` when a reply answered ``text`` (maybe later, by another worker)."""
     result = DemoResult(label)
+    answered: dict[str, float] = {}
+    arrivals: dict[str, float] = {}
     sent: dict[str, list[str]] = {
         c: [f"{c[-6:]}-msg{i}" for i in range(per_user)] for c in conversations
     }
@@ -112,18 +125,25 @@ async def _burst(
     async def worker() -> None:
         async for conversation, text, arrived in receive:
             result.messages += 1
-            if await handle(conversation, text):
-                result.latencies.append(time.perf_counter() - arrived)
-            else:
-                result.lost += 1
+            arrivals[text] = arrived
+            await handle(conversation, text, answered)
 
     with receive:
         async with anyio.create_task_group() as tg:
             for _ in range(workers):
                 tg.start_soon(worker)
     result.wall = time.perf_counter() - started
+    for text, arrived in arrivals.items():
+        if text in answered:
+            result.latencies.append(answered[text] - arrived)
+        else:
+            result.lost += 1
     for conversation in conversations:
-        result.out_of_order += _out_of_order(sent[conversation], await accepted(conversation))
+        replies = [answered[t] for t in sent[conversation] if t in answered]
+        if len(replies) == len(sent[conversation]):
+            result.last_replies.append(max(replies) - started)
+        texts = [part for text in await accepted(conversation) for part in text.split("\n")]
+        result.out_of_order += _out_of_order(sent[conversation], texts)
     return result
 
 
@@ -133,12 +153,14 @@ def _table(results: list[DemoResult]) -> str:
 
     rows = [
         ("messages", [str(r.messages) for r in results]),
+        ("model calls (all tries)", [str(r.model_calls) for r in results]),
         ("400 errors (incl. retries)", [str(r.errors) for r in results]),
         ("lost messages", [str(r.lost) for r in results]),
         ("out-of-order replies", [str(r.out_of_order) for r in results]),
         ("wall time", [f"{r.wall:.2f} s" for r in results]),
         ("p50 time to reply", [ms(r.percentile(0.50)) for r in results]),
         ("p99 time to reply", [ms(r.percentile(0.99)) for r in results]),
+        ("time to last reply (p50)", [ms(r.percentile(0.50, r.last_replies)) for r in results]),
     ]
     width = max(len(name) for name, _ in rows)
     cols = [max(len(r.label), *(len(v[i]) for _, v in rows)) for i, r in enumerate(results)]
@@ -165,7 +187,8 @@ async def run_demo(
     as_json: bool = False,
     out: Callable[[str], None] = print,
 ) -> int:
-    """Run both passes and print the table; returns 0 when the guarded pass was clean.
+    """Run the three passes and print the table; returns 0 when the guarded and the inbox
+    passes were clean.
 
     Lines fit 80 columns; a line announces each pass as it starts. With ``as_json`` the
     figures are printed as one JSON object instead of the table, and the progress lines go to
@@ -221,43 +244,67 @@ async def run_demo(
 
     without = DemoResult("without lock")
 
-    async def naive(conversation: str, text: str) -> bool:
+    async def naive(conversation: str, text: str, answered: dict[str, float]) -> None:
         for attempt in range(_NAIVE_RETRIES + 1):
             try:
+                without.model_calls += 1
                 await client.responses.create(model=model, conversation=conversation, input=text)
-                return True
+                answered[text] = time.perf_counter()
+                return
             except openai.BadRequestError as error:
                 if not is_conversation_locked(error):
                     raise
                 without.errors += 1
                 if attempt < _NAIVE_RETRIES:
                     await anyio.sleep(_NAIVE_RETRY_DELAY)
-        return False
 
     with_lock = DemoResult("with threadlock")
 
-    async def guarded(conversation: str, text: str) -> bool:
+    async def guarded(conversation: str, text: str, answered: dict[str, float]) -> None:
         try:
             async with guard_conversation(client, conversation, lock=lock) as turn:
+                with_lock.model_calls += 1
                 await turn.create(model=model, input=text)
-            return True
+            answered[text] = time.perf_counter()
         except openai.BadRequestError as error:  # pragma: no cover - would be a bug
             if is_conversation_locked(error):
                 with_lock.errors += 1
-            return False
+
+    with_inbox = DemoResult("with inbox (coalesce)")
+    inbox = Inbox(lock)
+
+    async def inboxed(conversation: str, text: str, answered: dict[str, float]) -> None:
+        # The worker that owns the conversation answers everything pending in one turn; the
+        # others return at once, their message in the owner's next batch.
+        async with inbox.turns(conversation, text, id=text, strategy="coalesce") as turns:
+            async for batch in turns:
+                texts = [str(m.payload) for m in batch.messages]
+                try:
+                    async with guard_conversation(
+                        client, conversation, lock=lock, lease=batch.lease
+                    ) as turn:
+                        with_inbox.model_calls += 1
+                        await turn.create(model=model, input="\n".join(texts))
+                except openai.BadRequestError as error:  # pragma: no cover - would be a bug
+                    if is_conversation_locked(error):
+                        with_inbox.errors += 1
+                    continue
+                now = time.perf_counter()
+                for answered_text in texts:
+                    answered[answered_text] = now
 
     total = users * messages
     async with lock:
-        note(f"pass 1 of 2, without lock: {total} messages ...")
-        first = [await new_conversation() for _ in range(users)]
-        result = await _burst(without.label, first, messages, workers, naive, accepted)
-        result.errors = without.errors
-        note(f"pass 2 of 2, with threadlock: {total} messages ...")
-        second = [await new_conversation() for _ in range(users)]
-        guarded_result = await _burst(with_lock.label, second, messages, workers, guarded, accepted)
-        guarded_result.errors = with_lock.errors
-    clean = guarded_result.errors == 0 and guarded_result.out_of_order == 0
-    clean = clean and guarded_result.lost == 0
+        passes = []
+        for number, (counts, handle) in enumerate(
+            ((without, naive), (with_lock, guarded), (with_inbox, inboxed)), start=1
+        ):
+            note(f"pass {number} of 3, {counts.label}: {total} messages ...")
+            conversations = [await new_conversation() for _ in range(users)]
+            done = await _burst(counts.label, conversations, messages, workers, handle, accepted)
+            done.errors, done.model_calls = counts.errors, counts.model_calls
+            passes.append(done)
+    clean = all(p.errors == 0 and p.out_of_order == 0 and p.lost == 0 for p in passes[1:])
     if as_json:
         figures = {
             "users": users,
@@ -268,13 +315,13 @@ async def run_demo(
             "backend": backend,
             "retries": _NAIVE_RETRIES,
             "retry_delay": _NAIVE_RETRY_DELAY,
-            "passes": [result.as_dict(), guarded_result.as_dict()],
+            "passes": [p.as_dict() for p in passes],
             "clean": clean,
         }
         out(json.dumps(figures, indent=2))
     else:
         out("")
-        out(_table([result, guarded_result]))
+        out(_table(passes))
         out("")
         out(
             _wrap(
@@ -286,8 +333,14 @@ async def run_demo(
         )
         if clean:
             out("with threadlock: every turn waited its turn, in arrival order.")
+            out(
+                _wrap(
+                    "with inbox (coalesce): the owner of a conversation answered everything "
+                    "pending in one turn; fewer model calls, the last reply sooner."
+                )
+            )
     if not clean:
-        print("threadlock demo: the guarded pass was not clean", file=sys.stderr)
+        print("threadlock demo: a locked pass was not clean", file=sys.stderr)
     return 0 if clean else 1
 
 

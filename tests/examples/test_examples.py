@@ -84,8 +84,8 @@ def _unavailable(reason: str) -> None:
     ("script", "expect"),
     [
         ("asyncio_bot.py", "every user answered in order: True"),
-        ("aiogram_bot.py", "bot -> chat 2: Reply to: message 2 from chat 2"),
-        ("fastapi_webhook.py", "'reply': 'Reply to: message 2 from user1'"),
+        ("aiogram_bot.py", "chat 2: 1 reply for its burst"),
+        ("fastapi_webhook.py", "user1: 1 reply for its burst"),
         ("fastapi_streaming.py", "user1 ['Reply to: message 0 from user1', 'Reply to: message 1"),
         ("arq_worker.py", "second, retried: Reply to: second"),
         ("assistants_thread.py", "run statuses: ['completed', 'completed']"),
@@ -138,32 +138,41 @@ async def test_assistants_turns_wait_through_requires_action() -> None:
 # -- aiogram ---------------------------------------------------------------------------------
 
 
-async def test_aiogram_bot_serialises_each_chat_in_arrival_order() -> None:
+async def test_aiogram_burst_gets_one_reply_per_chat_and_loses_no_message() -> None:
     example = load("aiogram_bot")
     from aiogram import Bot
 
-    fake = FakeOpenAI(response_duration=0.02)
+    # The first update of a chat owns it and its turn takes 0.2 s on the fake's clock; the
+    # others are fed in the same loop iteration, so they are pending when that turn ends.
+    fake = FakeOpenAI(response_duration=0.2)
     session = example.OfflineSession()
     bot = Bot("123456:test-token", session=session)
     async with MemoryThreadLock() as lock:
         dp = example.build_dispatcher(lock, fake.client())
-        tasks = []
-        for i in range(4):
-            for chat in (11, 22):
-                update = example.text_update(chat, f"chat {chat} message {i}")
-                tasks.append(asyncio.create_task(dp.feed_update(bot, update)))
-            await asyncio.sleep(0.005)  # messages of one chat arrive one after the other
-        await asyncio.gather(*tasks)
+        updates = [
+            example.text_update(chat, f"chat {chat} message {i}")
+            for i in range(4)
+            for chat in (11, 22)
+        ]
+        await asyncio.gather(*(dp.feed_update(bot, update) for update in updates))
+        # a redelivered update (same update id, same message id) is a no-op
+        await dp.feed_update(bot, updates[-1])
         heads = {chat: await lock.chain_head(example.chain_key(chat)) for chat in (11, 22)}
+        inbox = example.Inbox(lock)
+        for chat in (11, 22):
+            assert await inbox.pending(example.chain_key(chat)) == []
         assert await lock.held() == []
 
     assert fake.concurrency_errors == 0
     assert fake.branches() == {}  # no two turns continued from the same response
     for chat in (11, 22):
         texts = [f"chat {chat} message {i}" for i in range(4)]
-        assert [text for c, text in session.sent if c == chat] == [f"Reply to: {t}" for t in texts]
-        # The whole chat is one linear chain of responses, oldest first.
-        assert fake.response_chain(heads[chat]) == texts
+        replies = [text for c, text in session.sent if c == chat]
+        assert len(replies) == 1  # one reply for the burst: the first turn was superseded
+        # every message is in the chat's one linear chain, in arrival order, exactly once
+        chain = fake.response_chain(heads[chat])
+        assert [line for turn in chain for line in turn.split("\n")] == texts
+        assert replies == [f"Reply to: {chain[-1]}"]
 
 
 async def test_aiogram_offline_session_refuses_unknown_calls() -> None:
@@ -192,8 +201,9 @@ async def webhook() -> AsyncIterator[tuple[Any, httpx.AsyncClient, MemoryThreadL
         yield app, http, lock, fake
 
 
-async def test_fastapi_burst_gets_no_conversation_locked(webhook: Any) -> None:
-    _app, http, _lock, fake = webhook
+async def test_fastapi_burst_gets_one_reply_per_user_and_loses_no_message(webhook: Any) -> None:
+    app, http, _lock, fake = webhook
+    fake.response_duration = 0.2  # the burst is posted while the first turn runs
 
     async def post(user: str, text: str) -> httpx.Response:
         return await http.post("/webhook", json={"user_id": user, "text": text})
@@ -204,38 +214,85 @@ async def test_fastapi_burst_gets_no_conversation_locked(webhook: Any) -> None:
     assert [a.status_code for a in answers] == [200] * 15
     assert fake.concurrency_errors == 0
     for u in range(3):
-        bodies = [a.json() for a in answers if a.json()["user_id"] == f"u{u}"]
-        assert sorted(b["reply"] for b in bodies) == [f"Reply to: message {i}" for i in range(5)]
-        assert len({b["fence"] for b in bodies}) == 5  # five turns, five fences
+        user = f"u{u}"
+        bodies = [a.json() for a in answers if a.json()["user_id"] == user]
+        assert sorted(b["status"] for b in bodies) == ["answered"] + ["queued"] * 4
+        assert [r for b in bodies for r in b["replies"]] == [
+            reply for who, reply in app.state.outbox if who == user
+        ]
+        assert len([1 for who, _ in app.state.outbox if who == user]) == 1  # one reply
+        conversation_id = await app.state.conversations.get(user)
+        inputs = fake.conversation_inputs(conversation_id)
+        lines = [line for text in inputs for line in text.split("\n")]
+        assert sorted(lines) == [f"message {i}" for i in range(5)]  # each once, none lost
+        assert await app.state.inbox.pending(conversation_id) == []
     assert (await http.get("/locks")).json() == []
 
 
-async def test_fastapi_busy_conversation_is_429_with_retry_after(
-    webhook: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_fastapi_redelivered_message_is_answered_once(webhook: Any) -> None:
+    app, http, _lock, fake = webhook
+    body = {"user_id": "u5", "text": "hello", "message_id": "wamid.1"}
+    first = await http.post("/webhook", json=body)
+    again = await http.post("/webhook", json=body)
+    assert first.json()["status"] == "answered"
+    assert again.json() == {"user_id": "u5", "status": "queued", "replies": [], "fence": None}
+    assert fake.calls["POST /responses"] == 1
+    assert len(app.state.outbox) == 1
+
+
+async def test_fastapi_full_inbox_is_429_with_retry_after(webhook: Any) -> None:
     app, http, lock, _fake = webhook
-    monkeypatch.setattr(load("fastapi_webhook"), "TURN_TIMEOUT", 0.2)
     conversation_id = await app.state.conversations.get("u1")
-    async with lock.hold(conversation_id, ttl=7):  # another worker's turn
-        answer = await http.post("/webhook", json={"user_id": "u1", "text": "hi"})
-        locks = (await http.get("/locks")).json()
-    assert answer.status_code == 429
-    assert 1 <= int(answer.headers["Retry-After"]) <= 7
-    assert [entry["key"] for entry in locks] == [conversation_id]
+    app.state.inbox = load("fastapi_webhook").Inbox(lock, max_pending=2)
+    async with lock.hold(conversation_id, ttl=7):  # another worker owns the conversation
+        queued = [
+            await http.post("/webhook", json={"user_id": "u1", "text": f"m{i}"}) for i in range(2)
+        ]
+        full = await http.post("/webhook", json={"user_id": "u1", "text": "m2"})
+        pending = await app.state.inbox.pending(conversation_id)
+    assert [q.json()["status"] for q in queued] == ["queued", "queued"]
+    assert full.status_code == 429
+    assert int(full.headers["Retry-After"]) >= 1
+    assert [m.payload["text"] for m in pending] == ["m0", "m1"]  # nothing stored was dropped
 
 
-async def test_fastapi_client_disconnect_releases_the_lock(webhook: Any) -> None:
-    _app, http, lock, fake = webhook
-    fake.response_duration = 5.0  # a slow model: the client gives up mid-turn
-    request = asyncio.create_task(http.post("/webhook", json={"user_id": "u9", "text": "slow"}))
-    deadline = time.monotonic() + 5
-    while not await lock.held():
-        assert time.monotonic() < deadline, "the turn never started"
-        await asyncio.sleep(0.01)
-    request.cancel()  # ASGITransport runs the app in the request's task: the handler is cancelled
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    assert await lock.held() == []
+async def test_fastapi_client_disconnect_releases_the_lock_and_the_sweeper_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    example = load("fastapi_webhook")
+    monkeypatch.setattr(example, "SWEEP_INTERVAL", 0.05)
+    fake = FakeOpenAI(response_duration=1.0)  # a slow model: the client gives up mid-turn
+    lock = MemoryThreadLock()
+    app = example.create_app(lock=lock, client=fake.client())
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://webhook") as http,
+    ):
+        conversation_id = await app.state.conversations.get("u9")
+        request = asyncio.create_task(http.post("/webhook", json={"user_id": "u9", "text": "slow"}))
+        deadline = time.monotonic() + 30
+        while not fake.calls["POST /responses"]:  # the batch's model call is in flight
+            assert time.monotonic() < deadline, "the turn never started"
+            await asyncio.sleep(0.01)
+        owner = await lock.inspect(conversation_id)
+        assert owner is not None
+        request.cancel()  # ASGITransport runs the app in the request's task: it is cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        now = await lock.inspect(conversation_id)  # released at once (or the sweeper's by now)
+        assert now is None or now.fence != owner.fence
+        pending = await app.state.inbox.pending(conversation_id)
+        assert [m.payload["text"] for m in pending] == ["slow"]  # the batch stayed pending
+        fake.response_duration = 0.01
+        # The cancelled batch stayed pending; the sweeper answers it once the lease is free
+        # (its guard waits out the cancelled request's response, still running at the fake).
+        deadline = time.monotonic() + 60
+        while not app.state.outbox:
+            assert time.monotonic() < deadline, "the sweeper did not answer the pending batch"
+            await asyncio.sleep(0.01)
+        assert app.state.outbox == [("u9", "Reply to: slow")]
+        assert await app.state.inbox.pending(conversation_id) == []
 
 
 # -- FastAPI, streaming (SSE) ------------------------------------------------------------------

@@ -18,7 +18,8 @@ import anyio
 import pytest
 from tests.conftest import postgres_lock
 
-from threadlock.openai import guard_conversation, guard_thread, recover_orphaned_runs
+from threadlock.openai import _recorded, guard_conversation, guard_thread, recover_orphaned_runs
+from threadlock.openai._recorded import create_recorded
 from threadlock.openai.guard import RUN_TOKEN_METADATA
 from threadlock.openai.threads import INTENT_PREFIX
 from threadlock.protocol import RunRecord
@@ -192,3 +193,68 @@ async def test_recovery_resolves_an_intent_by_the_run_token(lock: ThreadLock) ->
     assert fake.run_status(orphan) == "cancelled"
     assert fake.run_status(other_run) == "completed"
     assert await lock.tracked_runs() == []
+
+
+async def test_a_create_that_never_answers_ends_at_the_callers_deadline() -> None:
+    """The shield waits for the answer, but never past the caller's deadline (in a turn, the
+    lease's expiry): then the caller's own cancellation comes out, and nothing is recorded."""
+    recorded: list[str] = []
+
+    async def never_answers() -> str:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def record(created: str) -> None:
+        recorded.append(created)
+
+    with anyio.move_on_after(0.05) as scope:
+        await create_recorded(never_answers, record, "runs.create")
+    assert scope.cancelled_caught
+    assert recorded == []
+
+
+async def test_a_create_that_never_answers_is_a_timeout_at_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a caller deadline, the shield's own bound ends the wait with TimeoutError."""
+    monkeypatch.setattr(_recorded, "_BOUND", 0.05)
+
+    async def never_answers() -> str:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def record(created: str) -> None:
+        raise AssertionError("nothing was created")
+
+    with pytest.raises(TimeoutError, match="runs.create did not answer"):
+        await create_recorded(never_answers, record, "runs.create")
+
+
+async def test_a_cancel_during_the_create_is_delivered_after_the_entry() -> None:
+    """Order: the create answers, the entry is written, then the cancel comes out."""
+    events: list[str] = []
+    answered = anyio.Event()
+    go_on = anyio.Event()
+
+    async def create() -> str:
+        answered.set()
+        await go_on.wait()
+        events.append("answered")
+        return "run_1"
+
+    async def record(created: str) -> None:
+        events.append(f"recorded {created}")
+
+    async def caller(scope: anyio.CancelScope) -> None:
+        with scope:
+            await create_recorded(create, record, "runs.create")
+            events.append("returned")
+        events.append("cancelled" if scope.cancelled_caught else "not cancelled")
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(caller, scope)
+        await answered.wait()
+        scope.cancel()
+        go_on.set()
+    assert events == ["answered", "recorded run_1", "cancelled"]

@@ -9,14 +9,11 @@ process would (the memory backend's registry lives in its instance: there, the s
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from tests.conftest import postgres_lock
 
 from threadlock.openai import _recorded, guard_conversation, guard_thread, recover_orphaned_runs
 from threadlock.openai._recorded import create_recorded
@@ -36,29 +33,6 @@ pytestmark = [
 ]
 
 RUNS = "/threads/{thread_id}/runs"
-
-
-@pytest.fixture
-def reopen(backend_case: tuple[str, str], request: pytest.FixtureRequest, lock: ThreadLock) -> Any:
-    """``async with reopen() as other``: another instance on the same store (memory: ``lock``)."""
-
-    @contextlib.asynccontextmanager
-    async def other() -> AsyncIterator[ThreadLock]:
-        name = backend_case[0]
-        if name == "memory":
-            yield lock
-        elif name == "redis":
-            from threadlock.backends.redis import RedisThreadLock
-
-            url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
-            async with RedisThreadLock.from_url(url, prefix=prefix) as redis:
-                yield redis
-        else:
-            dsn, table = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_table")
-            async with postgres_lock(dsn, table) as postgres:
-                yield postgres
-
-    return other
 
 
 async def test_run_created_while_the_turn_is_cancelled_is_recovered(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import anyio
 import openai
 
+from threadlock._lazy import load_lazily
 from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
@@ -624,14 +625,12 @@ def guard_conversation(
     )
 
 
-_MOVED_TO_THREADS = frozenset({"ThreadGuard", "ThreadTurn", "guard_thread"})
+_MOVED_TO_THREADS = dict.fromkeys(
+    ("ThreadGuard", "ThreadTurn", "guard_thread"), "threadlock.openai.threads"
+)
 
 
 def __getattr__(name: str) -> Any:
     """The thread guard's names, which live in :mod:`threadlock.openai.threads`, still import
     from here (loaded on first use, as that module imports this one)."""
-    if name in _MOVED_TO_THREADS:
-        from threadlock.openai import threads
-
-        return getattr(threads, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return load_lazily(__name__, name, _MOVED_TO_THREADS)

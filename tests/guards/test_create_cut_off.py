@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import openai
 import pytest
 
 from threadlock.openai import _recorded, guard_conversation, guard_thread, recover_orphaned_runs
@@ -232,3 +233,32 @@ async def test_a_cancel_during_the_create_is_delivered_after_the_entry() -> None
         scope.cancel()
         go_on.set()
     assert events == ["answered", "recorded run_1", "cancelled"]
+
+
+async def test_a_refused_create_leaves_no_intent(lock: ThreadLock) -> None:
+    fake = FakeOpenAI()
+    client = fake.client()
+    thread = fake.add_thread()
+    fake.inject("POST", RUNS, status=400)
+    async with guard_thread(client, thread, lock=lock) as guarded:
+        with pytest.raises(openai.BadRequestError):
+            await guarded.create(assistant_id="asst_1")
+        assert await lock.tracked_runs(thread) == []  # refused: no run, no entry
+
+
+async def test_an_unknown_outcome_keeps_the_intent_for_recovery(lock: ThreadLock) -> None:
+    """Every answer lost (a run may or may not exist): the intent stays; recovery, finding no
+    run with its tag, forgets it."""
+    fake = FakeOpenAI()
+    client = fake.client()
+    thread = fake.add_thread()
+    fake.inject("POST", RUNS, timeout=True, count=None)
+    async with guard_thread(client, thread, lock=lock, timeout=5) as guarded:
+        with pytest.raises(openai.APITimeoutError):
+            await guarded.create(assistant_id="asst_1")
+        [intent] = await lock.tracked_runs(thread)
+        assert intent.run_id.startswith(INTENT_PREFIX)
+    report = await recover_orphaned_runs(client, lock=lock, max_age=0)
+    assert report.cancelled == []
+    assert report.errors == []
+    assert await lock.tracked_runs() == []

@@ -16,6 +16,7 @@ import openai
 
 from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
+from threadlock.errors import ThreadBusy
 from threadlock.openai._recorded import create_recorded
 from threadlock.openai.guard import (
     RUN_TOKEN_METADATA,
@@ -133,7 +134,8 @@ class ThreadTurn(_Turn):
         the answer is in flight waits for it (shielded, bounded by the lease) and the run is
         recorded before the cancel is delivered. The intent is removed once the run is
         recorded, or when no run was created (a refusal, :class:`~threadlock.ThreadBusy`);
-        after a lost answer it stays, for recovery.
+        whenever the outcome is unknown (a lost answer, a backend error) it stays, for
+        recovery.
         """
         token = secrets.token_hex(12)
         metadata = dict(kwargs.pop("metadata", None) or {})
@@ -142,9 +144,9 @@ class ThreadTurn(_Turn):
         await self._track("run", intent, self.thread_id)
         try:
             run = await self._create_run(token, metadata, kwargs)
-        except Exception as error:
-            if not (isinstance(error, TimeoutError) or is_retryable(error)):
-                await self._untrack(intent)  # refused, or never sent: no run was created
+        except (ThreadBusy, openai.APIStatusError) as error:
+            if not is_retryable(error):  # refused, or waited out: no run was created
+                await self._untrack(intent)
             raise
         await self._untrack(intent)
         if status_of(run) in TERMINAL_RUN_STATUSES:

@@ -195,7 +195,10 @@ class _Recovery:
             rid, "response", record.key, (record,), lambda: self.api.responses.cancel(rid)
         )
 
-    async def thread(self, thread_id: str, known: dict[str, RunRecord]) -> None:
+    async def thread(self, thread_id: str, recorded: dict[str, RunRecord]) -> None:
+        # Intent entries (a create whose answer the guard never got) name the run by its tag.
+        known = {k: r for k, r in recorded.items() if not k.startswith(INTENT_PREFIX)}
+        intents = {k.removeprefix(INTENT_PREFIX): r for k, r in recorded.items() if k not in known}
         try:
             page = await self.call(
                 f"list runs of {thread_id}",
@@ -206,21 +209,17 @@ class _Recovery:
                 for record in known.values():
                     self.report.already_terminal.append(record.run_id)
                     await self.forget(record)
+                await self.forget(*intents.values())
             else:
                 self.report.errors.append((thread_id, str(error)))
             return
-        # Intent entries (a create whose answer the guard never got) name the run by its tag.
-        intents = {
-            run_id.removeprefix(INTENT_PREFIX): known.pop(run_id)
-            for run_id in [r for r in known if r.startswith(INTENT_PREFIX)]
-        }
         seen: set[str] = set()
         for run in page.data:
             seen.add(run.id)
             entries = (known.get(run.id), intents.pop(_token(run), None))
             status = status_of(run)
-            recorded = any(entries)
-            if status == "cancelling" or (status not in CANCELLABLE_RUN_STATUSES and recorded):
+            tracked = any(entries)
+            if status == "cancelling" or (status not in CANCELLABLE_RUN_STATUSES and tracked):
                 self.report.already_terminal.append(run.id)
                 await self.forget(*entries)
             elif status not in CANCELLABLE_RUN_STATUSES:

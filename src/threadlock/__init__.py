@@ -11,9 +11,9 @@ redis nor psycopg.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from threadlock._lazy import load_lazily
 from threadlock._lease import Lease, LockInfo
 from threadlock._version import __version__
 from threadlock.backends import from_env, from_url
@@ -73,12 +73,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'threadlock' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next access is a plain module attribute
-    return value
+    return load_lazily(__name__, name, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -5,8 +5,10 @@ the Redis and Postgres cases start their private servers (tests/conftest.py) on 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
@@ -34,15 +36,10 @@ def anyio_backend(backend_case: tuple[str, str]) -> str:
     return backend_case[1]
 
 
-@pytest.fixture
-async def lock(
-    backend_case: tuple[str, str], request: pytest.FixtureRequest
-) -> AsyncIterator[ThreadLock]:
-    name = backend_case[0]
-    if name == "memory":
-        async with MemoryThreadLock() as memory:
-            yield memory
-    elif name == "redis":
+@contextlib.asynccontextmanager
+async def _instance(name: str, request: pytest.FixtureRequest) -> AsyncIterator[ThreadLock]:
+    """A Redis or Postgres instance on the test's store (another one each time it is called)."""
+    if name == "redis":
         from threadlock.backends.redis import RedisThreadLock
 
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
@@ -52,6 +49,37 @@ async def lock(
         dsn, table = request.getfixturevalue("pg_dsn"), request.getfixturevalue("pg_table")
         async with postgres_lock(dsn, table, max_size=20) as postgres:
             yield postgres
+
+
+@pytest.fixture
+async def lock(
+    backend_case: tuple[str, str], request: pytest.FixtureRequest
+) -> AsyncIterator[ThreadLock]:
+    name = backend_case[0]
+    if name == "memory":
+        async with MemoryThreadLock() as memory:
+            yield memory
+    else:
+        async with _instance(name, request) as instance:
+            yield instance
+
+
+@pytest.fixture
+def reopen(
+    backend_case: tuple[str, str], request: pytest.FixtureRequest, lock: ThreadLock
+) -> Callable[[], AbstractAsyncContextManager[ThreadLock]]:
+    """``async with reopen() as other``: another instance on ``lock``'s store, as a new
+    process would open (the memory backend's store is its instance: there, ``lock`` itself)."""
+
+    @contextlib.asynccontextmanager
+    async def other() -> AsyncIterator[ThreadLock]:
+        if backend_case[0] == "memory":
+            yield lock
+        else:
+            async with _instance(backend_case[0], request) as instance:
+                yield instance
+
+    return other
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,11 +24,12 @@ from threadlock.openai.runs import (
     is_conversation_locked,
 )
 from threadlock.openai.streaming import GuardedStream, GuardedStreamManager, StreamOutsideTurn
-from threadlock.openai.threads import ThreadGuard, ThreadTurn, guard_thread
+from threadlock.openai.threads import INTENT_PREFIX, ThreadGuard, ThreadTurn, guard_thread
 
 __all__ = [
     "ACTIVE_RESPONSE_STATUSES",
     "ACTIVE_RUN_STATUSES",
+    "INTENT_PREFIX",
     "RUN_TOKEN_METADATA",
     "TERMINAL_RESPONSE_STATUSES",
     "TERMINAL_RUN_STATUSES",

@@ -49,6 +49,7 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
 import anyio
 import openai
 
+from threadlock._lazy import load_lazily
 from threadlock.errors import LeaseLost, ThreadBusy, ThreadLockError
 from threadlock.observe import backend_kind, observer_of
 from threadlock.openai._threaded import ThreadedClient
@@ -464,14 +465,13 @@ async def run_agent_streamed(
     return AgentStream(result, run)
 
 
-_MOVED_TO_SESSIONS = frozenset({"LockedOpenAIConversationsSession", "LockedSession", "run_session"})
+_MOVED_TO_SESSIONS = dict.fromkeys(
+    ("LockedOpenAIConversationsSession", "LockedSession", "run_session"),
+    "threadlock.openai.agent_sessions",
+)
 
 
 def __getattr__(name: str) -> Any:
     """The sessions' names, which live in :mod:`threadlock.openai.agent_sessions`, import from
     here too (loaded on first use, as that module imports this one)."""
-    if name in _MOVED_TO_SESSIONS:
-        from threadlock.openai import agent_sessions
-
-        return getattr(agent_sessions, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return load_lazily(__name__, name, _MOVED_TO_SESSIONS)

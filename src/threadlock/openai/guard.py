@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import anyio
 import openai
 
+from threadlock._lazy import load_lazily
 from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
 from threadlock.observe import Observer, backend_kind, observer_of
+from threadlock.openai._recorded import create_recorded
 from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
@@ -85,6 +87,7 @@ def _check_client(client: object) -> None:
 
 TurnT = TypeVar("TurnT", bound="_Turn")
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class _Turn:
@@ -363,8 +366,10 @@ class ConversationTurn(_Turn):
             kwargs["stream"] = True
             raw = await self._retrying_lock(lambda: self._api.responses.create(**kwargs))
             return GuardedStream(raw, self._streams, self._chain_mover(head))
-        response: Response = await self._retrying_lock(lambda: self._api.responses.create(**kwargs))
-        await self._finish(response, kwargs, head)
+        response: Response = await self._retrying_lock(
+            lambda: self._recording(lambda: self._api.responses.create(**kwargs), kwargs)
+        )
+        await self._finish(response, head)
         return response
 
     async def parse(self, **kwargs: Any) -> ParsedResponse[Any]:
@@ -372,9 +377,9 @@ class ConversationTurn(_Turn):
         ``text_format=MyModel``) inside the lease, exactly as :meth:`create`."""
         head = await self._prepare(kwargs, streaming=False)
         response: ParsedResponse[Any] = await self._retrying_lock(
-            lambda: self._api.responses.parse(**kwargs)
+            lambda: self._recording(lambda: self._api.responses.parse(**kwargs), kwargs)
         )
-        await self._finish(response, kwargs, head)
+        await self._finish(response, head)
         return response
 
     def stream(self, **kwargs: Any) -> GuardedStreamManager[ResponseStreamEvent[Any]]:
@@ -443,10 +448,20 @@ class ConversationTurn(_Turn):
 
         return move
 
-    async def _finish(self, response: Response, kwargs: dict[str, Any], head: str | None) -> None:
-        """After a create: record a background response, move the chain head."""
-        if kwargs.get("background") and status_of(response) in ACTIVE_RESPONSE_STATUSES:
+    async def _recording(self, call: Callable[[], Awaitable[R]], kwargs: dict[str, Any]) -> R:
+        """``await call()``; with ``background=True``, the response is recorded in the run
+        registry in the same shielded step (:func:`~threadlock.openai._recorded.create_recorded`),
+        so a cancel that lands while the answer is in flight cannot leave it unrecorded."""
+        if not kwargs.get("background"):
+            return await call()
+        return await create_recorded(call, self._track_response, "responses.create")
+
+    async def _track_response(self, response: Any) -> None:
+        if status_of(response) in ACTIVE_RESPONSE_STATUSES:
             await self._track("response", response.id, self.conversation_id or self._key)
+
+    async def _finish(self, response: Response, head: str | None) -> None:
+        """After a create (a background response is recorded already): move the chain head."""
         if self.chain is not None:
             await self._advance_chain(head, response.id)
 
@@ -610,14 +625,12 @@ def guard_conversation(
     )
 
 
-_MOVED_TO_THREADS = frozenset({"ThreadGuard", "ThreadTurn", "guard_thread"})
+_MOVED_TO_THREADS = dict.fromkeys(
+    ("ThreadGuard", "ThreadTurn", "guard_thread"), "threadlock.openai.threads"
+)
 
 
 def __getattr__(name: str) -> Any:
     """The thread guard's names, which live in :mod:`threadlock.openai.threads`, still import
     from here (loaded on first use, as that module imports this one)."""
-    if name in _MOVED_TO_THREADS:
-        from threadlock.openai import threads
-
-        return getattr(threads, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return load_lazily(__name__, name, _MOVED_TO_THREADS)

@@ -22,7 +22,7 @@ import openai
 from threadlock._validate import check_key
 from threadlock.errors import BackendError, ThreadBusy
 from threadlock.observe import backend_kind, observer_of
-from threadlock.openai.guard import _check_client, _check_registry
+from threadlock.openai.guard import RUN_TOKEN_METADATA, _check_client, _check_registry
 from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
     Backoff,
@@ -31,6 +31,7 @@ from threadlock.openai.runs import (
     is_retryable,
     status_of,
 )
+from threadlock.openai.threads import INTENT_PREFIX
 from threadlock.protocol import RunRecord, RunRegistry, ThreadLock
 
 __all__ = ["RecoveryReport", "recover_orphaned_runs"]
@@ -81,6 +82,11 @@ class RecoveryReport:
         }
 
 
+def _token(run: Any) -> str:
+    """The guard's ``threadlock_token`` tag of a run ("" if it has none)."""
+    return str((getattr(run, "metadata", None) or {}).get(RUN_TOKEN_METADATA, ""))
+
+
 class _Recovery:
     def __init__(
         self,
@@ -121,12 +127,13 @@ class _Recovery:
     def old_enough(self, created_at: float | None) -> bool:
         return created_at is None or time.time() - float(created_at) >= self.max_age
 
-    async def forget(self, record: RunRecord | None) -> None:
-        if record is not None and not self.dry_run:
-            try:
-                await self.registry.untrack_run(record.key, record.run_id)
-            except BackendError as error:  # listed, not raised: the report still comes back
-                self.report.errors.append((record.run_id, f"untrack_run: {error}"))
+    async def forget(self, *records: RunRecord | None) -> None:
+        for record in records:
+            if record is not None and not self.dry_run:
+                try:
+                    await self.registry.untrack_run(record.key, record.run_id)
+                except BackendError as error:  # listed, not raised: the report still comes
+                    self.report.errors.append((record.run_id, f"untrack_run: {error}"))
 
     async def conversation(self, key: str, records: list[RunRecord], thread_ids: set[str]) -> None:
         async with self.leases:
@@ -185,10 +192,13 @@ class _Recovery:
             self.report.too_young.append(rid)
             return
         await self.cancel(
-            rid, "response", record.key, record, lambda: self.api.responses.cancel(rid)
+            rid, "response", record.key, (record,), lambda: self.api.responses.cancel(rid)
         )
 
-    async def thread(self, thread_id: str, known: dict[str, RunRecord]) -> None:
+    async def thread(self, thread_id: str, recorded: dict[str, RunRecord]) -> None:
+        # Intent entries (a create whose answer the guard never got) name the run by its tag.
+        known = {k: r for k, r in recorded.items() if not k.startswith(INTENT_PREFIX)}
+        intents = {k.removeprefix(INTENT_PREFIX): r for k, r in recorded.items() if k not in known}
         try:
             page = await self.call(
                 f"list runs of {thread_id}",
@@ -199,29 +209,33 @@ class _Recovery:
                 for record in known.values():
                     self.report.already_terminal.append(record.run_id)
                     await self.forget(record)
+                await self.forget(*intents.values())
             else:
                 self.report.errors.append((thread_id, str(error)))
             return
         seen: set[str] = set()
         for run in page.data:
             seen.add(run.id)
-            entry = known.get(run.id)
+            entries = (known.get(run.id), intents.pop(_token(run), None))
             status = status_of(run)
-            if status == "cancelling" or (status not in CANCELLABLE_RUN_STATUSES and entry):
+            tracked = any(entries)
+            if status == "cancelling" or (status not in CANCELLABLE_RUN_STATUSES and tracked):
                 self.report.already_terminal.append(run.id)
-                await self.forget(entry)
+                await self.forget(*entries)
             elif status not in CANCELLABLE_RUN_STATUSES:
                 continue  # an old, finished run the registry never knew: nothing to say
             elif not self.old_enough(run.created_at):
                 self.report.too_young.append(run.id)
             else:
-                key = entry.key if entry is not None else thread_id
+                key = next((e.key for e in entries if e is not None), thread_id)
                 canceller = self._run_canceller(run.id, thread_id)
-                await self.cancel(run.id, "run", key, entry, canceller)
+                await self.cancel(run.id, "run", key, entries, canceller)
         for run_id, record in known.items():
             if run_id not in seen:  # older than the newest runs listed: it has ended
                 self.report.already_terminal.append(run_id)
                 await self.forget(record)
+        # An intent no listed run carries: that create never made a run (or it ended long ago).
+        await self.forget(*intents.values())
 
     def _run_canceller(self, run_id: str, thread_id: str) -> Callable[[], Awaitable[Any]]:
         return lambda: self.api.beta.threads.runs.cancel(run_id, thread_id=thread_id)
@@ -231,7 +245,7 @@ class _Recovery:
         rid: str,
         kind: str,
         key: str,
-        record: RunRecord | None,
+        records: tuple[RunRecord | None, ...],
         make: Callable[[], Awaitable[Any]],
     ) -> None:
         if self.dry_run:
@@ -242,12 +256,12 @@ class _Recovery:
         except openai.APIError as error:
             if is_cannot_cancel(error) or is_not_found(error):
                 self.report.already_terminal.append(rid)
-                await self.forget(record)
+                await self.forget(*records)
             else:
                 self.report.errors.append((rid, str(error)))
             return
         self.report.cancelled.append(rid)
-        await self.forget(record)
+        await self.forget(*records)
         self.observer.orphan_cancelled(self.kind, key, kind, rid)
 
 

@@ -16,6 +16,8 @@ import openai
 
 from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
+from threadlock.errors import ThreadBusy
+from threadlock.openai._recorded import create_recorded
 from threadlock.openai.guard import (
     RUN_TOKEN_METADATA,
     _check_client,
@@ -38,7 +40,12 @@ from threadlock.protocol import RunRegistry, ThreadLock
 if TYPE_CHECKING:
     from openai.types.beta.threads import Message, Run
 
-__all__ = ["ThreadGuard", "ThreadTurn", "guard_thread"]
+__all__ = ["INTENT_PREFIX", "ThreadGuard", "ThreadTurn", "guard_thread"]
+
+#: The ``run_id`` prefix of an intent entry: what the guard records in the run registry before
+#: it creates a run, followed by the run's ``threadlock_token``. Recovery finds the run by
+#: that tag (``runs.list`` on the entry's thread) even if the create call never answered.
+INTENT_PREFIX = "intent:"
 
 _RECONCILE_ATTEMPTS = 3
 
@@ -120,27 +127,57 @@ class ThreadTurn(_Turn):
         again (at most 3 times). A ``Thread ... already has an active run run_Y.`` error makes
         it adopt ``run_Y`` if it is its own, or wait for it otherwise. The run is in the
         registry before this returns.
+
+        Before the call, an intent entry (``run_id`` ``"intent:<token>"``) is recorded, so a
+        run whose create never answered (a worker killed meanwhile) is still found by
+        :func:`~threadlock.openai.recover_orphaned_runs`, by its tag. A cancel that lands while
+        the answer is in flight waits for it (shielded, bounded by the lease) and the run is
+        recorded before the cancel is delivered. The intent is removed once the run is
+        recorded, or when no run was created (a refusal, :class:`~threadlock.ThreadBusy`);
+        whenever the outcome is unknown (a lost answer, a backend error) it stays, for
+        recovery.
         """
         token = secrets.token_hex(12)
         metadata = dict(kwargs.pop("metadata", None) or {})
         metadata[RUN_TOKEN_METADATA] = token
+        intent = INTENT_PREFIX + token
+        await self._track("run", intent, self.thread_id)
+        try:
+            run = await self._create_run(token, metadata, kwargs)
+        except (ThreadBusy, openai.APIStatusError) as error:
+            if not is_retryable(error):  # refused, or waited out: no run was created
+                await self._untrack(intent)
+            raise
+        await self._untrack(intent)
+        if status_of(run) in TERMINAL_RUN_STATUSES:
+            await self._untrack(run.id)
+        return run
+
+    async def _track_run(self, run: Run) -> None:
+        await self._track("run", run.id, self.thread_id)
+
+    async def _create_run(self, token: str, metadata: dict[str, str], kwargs: Any) -> Run:
+        """The create, its retries and reconciliation; the run is recorded when it returns."""
         deadline = self._deadline()
         backoff = Backoff(0.5, 2.0)
         failures = 0
         while True:
             try:
-                run: Run = await self._api.beta.threads.runs.create(
-                    self.thread_id, metadata=metadata, **kwargs
+                return await create_recorded(
+                    lambda: self._api.beta.threads.runs.create(
+                        self.thread_id, metadata=metadata, **kwargs
+                    ),
+                    self._track_run,
+                    "runs.create",
                 )
-                break
             except openai.BadRequestError as error:
                 run_id = active_run_in_error(error)
                 if run_id is None:
                     raise
-                other = (await self._retrieve_raw(run_id)).parse()
+                other: Run = (await self._retrieve_raw(run_id)).parse()
                 if (other.metadata or {}).get(RUN_TOKEN_METADATA) == token:
-                    run = other
-                    break
+                    await self._track_run(other)
+                    return other
                 await self._wait_for_other_run(run_id, deadline)
             except openai.APIError as error:
                 if not is_retryable(error):
@@ -148,17 +185,13 @@ class ThreadTurn(_Turn):
                 own = await self._find_own_run(token)
                 if own is not None:
                     self._observer.run_adopted(self._key, own.id, type(error).__name__)
-                    run = own
-                    break
+                    await self._track_run(own)
+                    return own
                 failures += 1
                 if failures >= _RECONCILE_ATTEMPTS:
                     raise
                 if not await sleep_within(backoff.next_delay(), deadline):
                     raise
-        await self._track("run", run.id, self.thread_id)
-        if status_of(run) in TERMINAL_RUN_STATUSES:
-            await self._untrack(run.id)
-        return run
 
     async def wait(self, run: str | Run) -> Run:
         """Poll until the run is terminal or ``requires_action`` (bounded by ``timeout``).

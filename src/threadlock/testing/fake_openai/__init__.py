@@ -57,7 +57,7 @@ Layout (the public names are the ones exported here; the modules are internal):
 
 from threadlock.testing.fake_openai.errors import CONVERSATION_LOCKED_MESSAGE, Json
 from threadlock.testing.fake_openai.fake import FakeOpenAI
-from threadlock.testing.fake_openai.faults import InjectedFault
+from threadlock.testing.fake_openai.faults import InjectedFault, StalledReply
 from threadlock.testing.fake_openai.server import sdk_http_module
 from threadlock.testing.fake_openai.state import (
     ACTIVE_RESPONSE_STATUSES,
@@ -77,5 +77,6 @@ __all__ = [
     "FakeOpenAI",
     "InjectedFault",
     "Json",
+    "StalledReply",
     "sdk_http_module",
 ]

@@ -18,7 +18,7 @@ from threadlock.testing.fake_openai.admin import Counters
 from threadlock.testing.fake_openai.assistants import Assistants
 from threadlock.testing.fake_openai.clock import Clock, check_duration
 from threadlock.testing.fake_openai.conversations import Conversations
-from threadlock.testing.fake_openai.faults import Faults, InjectedFault
+from threadlock.testing.fake_openai.faults import Faults, InjectedFault, StalledReply
 from threadlock.testing.fake_openai.responses import Responses
 from threadlock.testing.fake_openai.server import Server, sdk_http_module, transport_class
 from threadlock.testing.fake_openai.state import Store
@@ -299,8 +299,18 @@ class FakeOpenAI(Counters):
             retry_after=retry_after,
         )
 
+    def stall(self, method: str, path: str) -> StalledReply:
+        """Hold back the answer to the next request matching ``method`` and ``path`` (as in
+        :meth:`inject`) until :meth:`StalledReply.release`.
+
+        The request is served in full first (the run IS created), then ``served`` is set and
+        the client waits for the answer: the window in which a cancelled caller (a client
+        disconnect, a shutdown) never learns what it created. Call it inside the event loop.
+        """
+        return self._faults.add_stall(method, path)
+
     def clear_faults(self) -> None:
-        """Forget every injected fault that has not fired yet."""
+        """Forget every injected fault that has not fired yet (and release every stall)."""
         self._faults.clear()
 
     # ---------------------------------------------------------------- inspection

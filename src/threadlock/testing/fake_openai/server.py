@@ -137,6 +137,9 @@ class Server:
             assert reply is not None
             if reply.status >= 400:
                 counters.errors[reply.status] += 1
+            stall = self._faults.take_stall(method, path, template)
+            if stall is not None:
+                await stall.hold()
             return reply
         finally:
             counters.in_flight -= 1

@@ -10,6 +10,8 @@ It reports four things:
   (``runs.list(limit=1)``) plus polling.
 * The guard's own time per turn: a guarded turn minus a bare turn, both against a fake whose
   responses take no time, so what is left is the lock, the registry and the guard's Python.
+  Bare and guarded turns alternate, each on a conversation of its own, so that the machine's
+  load and the fake's growing conversations fall on both alike.
 * The same two for a streamed conversation turn (``turn.stream(...)`` read to its end, against
   a bare ``client.responses.stream(...)``).
 * The Agents SDK (``turn.run_agent``, needs the ``agents`` extra; skipped without it): API
@@ -57,6 +59,26 @@ async def _timed(turns: int, one: Callable[[int], Awaitable[Any]]) -> list[float
     return out
 
 
+async def _timed_interleaved(
+    turns: int, *ones: Callable[[int], Awaitable[Any]]
+) -> list[list[float]]:
+    """Time each of ``ones`` once per iteration, in alternating order: the shared machine's load
+    and any state that grows with the turns fall on all of them alike (timing ``bare`` then
+    ``guarded`` one after the other made the second pay for a longer conversation: FakeOpenAI
+    scans a conversation's responses at every create)."""
+    for index in range(min(20, turns)):  # warm-up
+        for one in ones:
+            await one(index)
+    out: list[list[float]] = [[] for _ in ones]
+    for index in range(turns):
+        order = range(len(ones)) if index % 2 == 0 else range(len(ones) - 1, -1, -1)
+        for k in order:
+            started = time.perf_counter()
+            await ones[k](index)
+            out[k].append(time.perf_counter() - started)
+    return out
+
+
 async def calls_per_turn(turns: int) -> dict[str, Any]:
     fake = FakeOpenAI(response_duration=0, run_duration=0.02, poll_after_ms=10)
     client = fake.client()
@@ -91,21 +113,22 @@ async def guard_overhead(turns: int) -> dict[str, Any]:
     fake = FakeOpenAI(response_duration=0)
     client = fake.client()
     lock = MemoryThreadLock()
-    conversation = fake.add_conversation()
+    # One conversation each, growing alike (see _timed_interleaved).
+    bare_conversation, guarded_conversation = fake.add_conversation(), fake.add_conversation()
+    empty_conversation = fake.add_conversation()
 
     async def bare(index: int) -> None:
-        await client.responses.create(model="m", conversation=conversation, input=f"b{index}")
+        await client.responses.create(model="m", conversation=bare_conversation, input=f"b{index}")
 
     async def guarded(index: int) -> None:
-        async with guard_conversation(client, conversation, lock=lock) as turn:
+        async with guard_conversation(client, guarded_conversation, lock=lock) as turn:
             await turn.create(model="m", input=f"g{index}")
 
     async def enter_exit(index: int) -> None:
-        async with guard_conversation(client, conversation, lock=lock):
+        async with guard_conversation(client, empty_conversation, lock=lock):
             pass
 
-    bare_s = await _timed(turns, bare)
-    guarded_s = await _timed(turns, guarded)
+    bare_s, guarded_s = await _timed_interleaved(turns, bare, guarded)
     empty_s = await _timed(turns, enter_exit)
     return {
         "turns": turns,
@@ -121,29 +144,32 @@ async def streaming(turns: int) -> dict[str, Any]:
     fake = FakeOpenAI(response_duration=0)
     client = fake.client()
     lock = MemoryThreadLock()
-    conversation = fake.add_conversation()
+    conversations = {"bare": fake.add_conversation(), "guarded": fake.add_conversation()}
 
     async def bare(index: int) -> None:
         async with client.responses.stream(
-            model="m", conversation=conversation, input=f"b{index}"
+            model="m", conversation=conversations["bare"], input=f"b{index}"
         ) as stream:
             await stream.until_done()
 
     async def guarded(index: int) -> None:
         async with (
-            guard_conversation(client, conversation, lock=lock) as turn,
+            guard_conversation(client, conversations["guarded"], lock=lock) as turn,
             turn.stream(model="m", input=f"g{index}") as stream,
         ):
             await stream.until_done()
 
-    bare_s = await _timed(turns, bare)
     fake.reset_counters()
-    guarded_s = await _timed(turns, guarded)
-    warm_up = min(20, turns)
+    for index in range(turns):
+        await guarded(index)
+    calls = fake.requests / turns
+    # Timed on fresh conversations, growing alike (see _timed_interleaved).
+    conversations = {"bare": fake.add_conversation(), "guarded": fake.add_conversation()}
+    bare_s, guarded_s = await _timed_interleaved(turns, bare, guarded)
     return {
         "turns": turns,
-        "calls_per_turn": fake.requests / (turns + warm_up),
-        "extra_calls_per_turn": fake.requests / (turns + warm_up) - 1,
+        "calls_per_turn": calls,
+        "extra_calls_per_turn": calls - 1,
         "bare_turn_p50_ms": _pct(bare_s, 0.5) * 1e3,
         "guarded_turn_p50_ms": _pct(guarded_s, 0.5) * 1e3,
         "overhead_p50_ms": (_pct(guarded_s, 0.5) - _pct(bare_s, 0.5)) * 1e3,
@@ -163,13 +189,15 @@ async def agents_rows(turns: int) -> dict[str, Any] | None:
         model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True)
     )
     agent = agents.Agent(name="bot", instructions="Be brief.", model="gpt-4o")
-    conversation = fake.add_conversation()
+    conversations = {"bare": fake.add_conversation(), "guarded": fake.add_conversation()}
 
     async def bare(index: int) -> None:
-        await agents.Runner.run(agent, f"b{index}", conversation_id=conversation, run_config=config)
+        await agents.Runner.run(
+            agent, f"b{index}", conversation_id=conversations["bare"], run_config=config
+        )
 
     async def guarded(index: int) -> None:
-        async with guard_conversation(client, conversation, lock=lock) as turn:
+        async with guard_conversation(client, conversations["guarded"], lock=lock) as turn:
             await turn.run_agent(agent, f"g{index}", run_config=config)
 
     fake.reset_counters()
@@ -180,8 +208,9 @@ async def agents_rows(turns: int) -> dict[str, Any] | None:
     for index in range(turns):
         await guarded(index)
     guarded_calls = fake.requests / turns
-    bare_s = await _timed(turns, bare)
-    guarded_s = await _timed(turns, guarded)
+    # Timed on fresh conversations, growing alike (see _timed_interleaved).
+    conversations = {"bare": fake.add_conversation(), "guarded": fake.add_conversation()}
+    bare_s, guarded_s = await _timed_interleaved(turns, bare, guarded)
     return {
         "turns": turns,
         "bare_calls_per_turn": bare_calls,

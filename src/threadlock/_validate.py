@@ -33,6 +33,8 @@ def check_key(key: object, name: str = "key") -> str:
 
 
 def _number(value: object, name: str) -> float:
+    if type(value) is float and not math.isnan(value):  # the common case
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
     try:

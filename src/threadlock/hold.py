@@ -70,6 +70,17 @@ _QUICK_GRANT = 0.1
 _Wake = Callable[[Callable[[], object]], object]
 
 
+def _task_id() -> int:
+    """What ``anyio.get_current_task().id`` returns, without building a TaskInfo on asyncio."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running: trio
+        task = None
+    if task is not None:
+        return id(task)  # anyio's TaskInfo.id on asyncio
+    return anyio.get_current_task().id
+
+
 def _waker() -> _Wake | None:
     """A thread-safe "run this soon on the current event loop", for use from a finaliser."""
     try:
@@ -87,10 +98,9 @@ def _waker() -> _Wake | None:
     return None
 
 
-async def _release(
-    lock: ThreadLock, lease: Lease, timeout: float, observer: Observer, kind: str
-) -> None:
-    """Release within ``timeout`` s, shielded; report a failure, never raise one."""
+async def _release(lock: ThreadLock, lease: Lease, timeout: float, kind: str) -> None:
+    """Release within ``timeout`` s, shielded; report a failure (to the lock's observer of
+    the moment), never raise one."""
     failed: BaseException | None = None
     with anyio.move_on_after(timeout, shield=True) as scope:
         try:
@@ -99,6 +109,7 @@ async def _release(
             failed = error
     if failed is None and not scope.cancelled_caught:
         return
+    observer = observer_of(lock)
     observer.release_failed(kind, lease.key, lease.fence, failed, timeout)
     # The lock reports only the releases that returned: report this one as not released, so
     # a gauge of held leases does not count it forever (it expires by its TTL).
@@ -157,6 +168,9 @@ class Hold:
         # A BaseThreadLock reports acquire/extend/release itself; any other lock does not,
         # so hold() reports a loss on extend for it.
         self._lock_reports = hasattr(type(lock), "_tl_observer")
+        # The backend label is the lock's class's; the observer is looked up at each report,
+        # so that a new one takes effect in a block already entered.
+        self._kind = backend_kind(lock)
 
     @property
     def lease(self) -> Lease:
@@ -180,7 +194,8 @@ class Hold:
             self._end_scope(type(error), error, error.__traceback__)
             raise
         self._lease = lease
-        if anyio.current_time() - started <= lease.ttl * _QUICK_GRANT:
+        granted = anyio.current_time()
+        if granted - started <= lease.ttl * _QUICK_GRANT:
             # The grant came after ``started``, so it expires after started + ttl.
             self._deadline = started + lease.ttl
         else:
@@ -188,6 +203,7 @@ class Hold:
             # renew at once and count from when the renewal was sent. A lease that expired
             # before its grant reached us fails here, before the body runs.
             await self._confirm(lease)
+            granted = anyio.current_time()
         try:
             group = anyio.create_task_group()
             await group.__aenter__()
@@ -198,14 +214,14 @@ class Hold:
         self._group = group
         body = anyio.CancelScope()
         if self._max_hold is not None:
-            self._max_hold_at = anyio.current_time() + self._max_hold
+            self._max_hold_at = granted + self._max_hold
         # The body never outlives the lease's local expiry estimate, even when a renewal is
         # stuck in a round trip that cannot be interrupted: the deadline cancels it.
         body.deadline = min(self._max_hold_at, self._deadline)
         body.__enter__()
         self._body = body
         self._stop = anyio.Event()
-        self._task_id = anyio.get_current_task().id
+        self._task_id = _task_id()
         self._wake = _waker()
         # The renewer holds this object only weakly, so that dropping it stops the renewal.
         group.start_soon(
@@ -241,10 +257,6 @@ class Hold:
     @property
     def _observer(self) -> Observer:
         return observer_of(self._lock)
-
-    @property
-    def _kind(self) -> str:
-        return backend_kind(self._lock)
 
     def _end_scope(
         self,
@@ -287,7 +299,7 @@ class Hold:
         # own wake-up ran before the deadline's cancellation): it is told, as a cancelled one.
         overran = exc is None and self._lost is None and anyio.current_time() >= self._deadline
         self._wake = None
-        if anyio.get_current_task().id != self._task_id:
+        if _task_id() != self._task_id:
             await self._exit_elsewhere(exc)
         body = self._body
         # Closing the body scope swallows the cancellation it raised itself (lost lease or
@@ -359,7 +371,7 @@ class Hold:
         lease = self._lease
         if lease is None:
             return
-        await _release(self._lock, lease, self._release_timeout, self._observer, self._kind)
+        await _release(self._lock, lease, self._release_timeout, self._kind)
 
     def _lose(self, error: LeaseLost, *, reported: bool) -> None:
         """Cancel the body; report the loss unless the lock already did."""
@@ -384,13 +396,15 @@ async def _renew(
     hold = ref()
     if hold is None:  # dropped before the renewer even started
         return
+    if stop.is_set():  # the block was exited before the renewer started: nothing to renew
+        return
     lock, renew_every, shields = hold._lock, hold._renew_every, hold._shields
-    release = (hold._release_timeout, hold._observer, hold._kind)
+    release = (hold._release_timeout, hold._kind)
     next_at = anyio.current_time() + renew_every
     del hold
     while True:
         try:
-            with anyio.move_on_after(next_at - anyio.current_time()):
+            with anyio.CancelScope(deadline=next_at):
                 await stop.wait()
         except anyio.get_cancelled_exc_class():
             if ref() is None:  # the task that entered the block ended without exiting it

@@ -178,13 +178,20 @@ class _WaitReport:
 
 @types.coroutine
 def _reporting_waits(
-    coro: Coroutine[Any, Any, Lease], report: _WaitReport
+    coro: Coroutine[Any, Any, Lease],
+    observer: Observer,
+    kind: str,
+    key: str,
+    started: float,
+    every: float,
 ) -> Generator[Any, Any, Lease]:
-    """Run ``coro`` as ``await coro`` would, arming ``report`` at its first suspension."""
+    """Run ``coro`` as ``await coro`` would; at its first suspension, arm a
+    :class:`_WaitReport` (built only then: an acquire that does not wait allocates none)."""
     try:
         yielded = coro.send(None)
     except StopIteration as done:  # completed without waiting: no timer
         return done.value  # type: ignore[no-any-return]
+    report = _WaitReport(observer, kind, key, started, every)
     report.arm()
     try:
         while True:
@@ -317,8 +324,14 @@ class BaseThreadLock(abc.ABC):
             if every is None:
                 lease = await self._acquire(key, ttl_s, timeout_s)
             else:
-                report = _WaitReport(observer, self.backend_kind, key, started, every)
-                lease = await _reporting_waits(self._acquire(key, ttl_s, timeout_s), report)
+                lease = await _reporting_waits(
+                    self._acquire(key, ttl_s, timeout_s),
+                    observer,
+                    self.backend_kind,
+                    key,
+                    started,
+                    every,
+                )
         except ThreadBusy:
             observer.busy(self.backend_kind, key, time.monotonic() - started, "lock")
             raise

@@ -6,10 +6,11 @@ before the body runs for any run or background response still active on the conv
 record every run or background response they start in the run registry before the create call
 returns, and always release.
 
-Create calls go through ``client.with_options(max_retries=0)``: the SDK's own retries send no
-idempotency key, so a retried create could post twice or collide with its own run. The guards
-retry what is safe to retry themselves, and reconcile what is not (a run is found again by the
-``threadlock_token`` metadata tag the guard puts on it).
+Create calls go through ``client.with_options(max_retries=0)`` (built once per client, see
+:mod:`threadlock.openai._clients`): the SDK's own retries send no idempotency key, so a retried
+create could post twice or collide with its own run. The guards retry what is safe to retry
+themselves, and reconcile what is not (a run is found again by the ``threadlock_token``
+metadata tag the guard puts on it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
 from threadlock.observe import Observer, backend_kind, observer_of
+from threadlock.openai._clients import no_retries
 from threadlock.openai._recorded import create_recorded
 from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.runs import (
@@ -68,7 +70,16 @@ _RUN_WAITING_LOG_EVERY = 5.0  # seconds between two ``run.waiting`` log lines fo
 _RUN_EXPIRY_SLACK = 5.0  # seconds past a run's expires_at before waiting for it stops
 
 
+# Lock classes that passed _check_registry (or, second item, the ChainStore check too): an
+# isinstance on a runtime-checkable protocol costs ~10 us, more than the rest of a guard's
+# checks, and a class that has the methods gives them to every instance.
+_CHECKED: set[type] = set()
+_CHECKED_CHAINS: set[type] = set()
+
+
 def _check_registry(lock: object) -> None:
+    if type(lock) in _CHECKED:
+        return
     if not isinstance(lock, ThreadLock):
         raise TypeError(f"lock must be a threadlock.ThreadLock, not {type(lock).__name__}")
     if not isinstance(lock, RunRegistry):
@@ -76,6 +87,7 @@ def _check_registry(lock: object) -> None:
             f"lock must also be a threadlock.RunRegistry to guard OpenAI turns; "
             f"{type(lock).__name__} does not track runs"
         )
+    _CHECKED.add(type(lock))
 
 
 def _check_client(client: object) -> None:
@@ -102,7 +114,7 @@ class _Turn:
         timeout: float | None,
     ) -> None:
         self._client = client
-        self._api = client.with_options(max_retries=0)
+        self._api = no_retries(client)
         self._key = key
         self._lock = lock
         self._registry: RunRegistry = lock  # type: ignore[assignment]  # checked on entry
@@ -545,11 +557,13 @@ class ConversationGuard(_Guard[ConversationTurn]):
             check_key(conversation_id, "conversation_id")
         if chain is not None:
             check_key(chain, "chain")
-            if not isinstance(lock, ChainStore):
-                raise TypeError(
-                    f"lock must be a threadlock.ChainStore to guard a chain; "
-                    f"{type(lock).__name__} does not keep chain heads"
-                )
+            if type(lock) not in _CHECKED_CHAINS:
+                if not isinstance(lock, ChainStore):
+                    raise TypeError(
+                        f"lock must be a threadlock.ChainStore to guard a chain; "
+                        f"{type(lock).__name__} does not keep chain heads"
+                    )
+                _CHECKED_CHAINS.add(type(lock))
         key = chain if chain is not None else conversation_id
         assert key is not None
         super().__init__(lock, key, check_ttl(ttl), check_timeout(timeout), lease)

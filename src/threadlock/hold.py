@@ -186,7 +186,8 @@ class Hold:
         else:
             # A long wait (or a slow answer): when it was granted is not known here, so
             # renew at once and count from when the renewal was sent. A lease that expired
-            # before its grant reached us fails here, before the body runs.
+            # before its grant reached us fails here, before the body runs, and so does one
+            # whose renewal answered only after the lease's local expiry.
             await self._confirm(lease)
         try:
             group = anyio.create_task_group()
@@ -227,6 +228,14 @@ class Hold:
         sent = anyio.current_time()
         try:
             self._lease = await self._lock.extend(lease)
+            if anyio.current_time() >= sent + self._lease.ttl:
+                # The renewal's answer came after the lease's local expiry (a stalled
+                # connection, a process paused while it was in flight): another holder may
+                # have had the key meanwhile, so the body must not start, not even its first
+                # lines before a checkpoint.
+                lost = LeaseLost(self._key, lease.fence, "confirmed after it expired")
+                self._observer.lost(self._kind, lost.key, lost.fence, lost.detail or "expired")
+                raise lost
         except BaseException as error:
             await self._release()
             self._end_scope(type(error), error, error.__traceback__)

@@ -23,6 +23,7 @@ from tests._servers.redis_server import RedisServer
 from threadlock import BackendError, Lease, LeaseLost, MemoryThreadLock
 from threadlock.backends.postgres import PostgresThreadLock
 from threadlock.backends.redis import RedisThreadLock
+from threadlock.hold import Hold
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -230,3 +231,68 @@ async def test_a_bad_cluster_url_is_a_value_error(url: str) -> None:
 async def test_an_unencodable_prefix_or_owner_is_refused_when_built(option: str) -> None:
     with pytest.raises(ValueError, match=option):
         RedisThreadLock.from_url("redis://127.0.0.1:1/0", **{option: "a\ud800"})
+
+
+class _LateConfirmation:
+    """A lock whose grant answers slowly (so ``hold()`` confirms it with a renewal) and whose
+    confirming renewal answers only after the lease expired and a rival had the key.
+
+    The renewal does take effect on the server (here: the memory backend); only its answer is
+    late, as through a stalled connection or a process paused while it was in flight.
+    """
+
+    def __init__(self, inner: MemoryThreadLock, ttl: float) -> None:
+        self.inner = inner
+        self.ttl = ttl
+        self.granted = anyio.Event()
+        self.rival_done = anyio.Event()
+        self.extends = 0
+
+    async def acquire(self, key: str, *, ttl: float, timeout: float | None) -> Lease:
+        lease = await self.inner.acquire(key, ttl=ttl, timeout=timeout)
+        self.granted.set()
+        # A slow answer: longer than hold()'s quick-grant share of the TTL (a fault, not a
+        # synchronisation: it only makes hold() confirm the grant with a renewal).
+        await anyio.sleep(self.ttl * 0.2)
+        return lease
+
+    async def extend(self, lease: Lease, *, ttl: float | None = None) -> Lease:
+        self.extends += 1
+        renewed = await self.inner.extend(lease, ttl=ttl)
+        if self.extends == 1:  # the confirmation: its answer comes after the rival's turn
+            await self.rival_done.wait()
+        return renewed
+
+    async def release(self, lease: Lease) -> bool:
+        return await self.inner.release(lease)
+
+
+async def test_hold_does_not_start_the_body_when_its_confirmation_arrived_after_expiry() -> None:
+    # Issue 15 (second Postgres soak): a section began after a section with a higher fence on
+    # the same key had ended. hold() confirmed a slow grant with a renewal whose answer came
+    # after the lease's local expiry, then entered the body anyway (its first lines ran on a
+    # dead lease until the first checkpoint). It must raise LeaseLost before the body runs.
+    ttl = 0.3
+    inner = MemoryThreadLock()
+    lock = _LateConfirmation(inner, ttl)
+    ran: list[int] = []
+    rival: list[int] = []
+
+    async def take_over() -> None:
+        # Queued behind the slow holder: it gets the key when that lease expires.
+        await lock.granted.wait()
+        lease = await inner.acquire("k", ttl=ttl, timeout=30.0)
+        rival.append(lease.fence)
+        assert await inner.release(lease)
+        lock.rival_done.set()
+
+    with anyio.fail_after(30):  # a bound on a hung test, not a timing goal
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take_over)
+            with pytest.raises(LeaseLost) as lost:
+                async with Hold(lock, "k", ttl=ttl) as lease:  # type: ignore[arg-type]
+                    ran.append(lease.fence)
+                    await anyio.sleep(0)
+    assert not ran, "the body started on a lease that had expired (a higher fence had run)"
+    assert rival
+    assert rival[0] > lost.value.fence

@@ -227,7 +227,10 @@ class Hold:
     async def _confirm(self, lease: Lease) -> None:
         sent = anyio.current_time()
         try:
-            self._lease = await self._lock.extend(lease)
+            # Bounded as a renewal is: an answer after the lease's local expiry is of no use
+            # (the backends' shielded round trips end at this deadline, threadlock._deadline).
+            with anyio.move_on_after(lease.ttl):
+                self._lease = await self._lock.extend(lease)
             if anyio.current_time() >= sent + self._lease.ttl:
                 # The renewal's answer came after the lease's local expiry (a stalled
                 # connection, a process paused while it was in flight): another holder may

@@ -296,3 +296,27 @@ async def test_hold_does_not_start_the_body_when_its_confirmation_arrived_after_
     assert not ran, "the body started on a lease that had expired (a higher fence had run)"
     assert rival
     assert rival[0] > lost.value.fence
+
+
+class _SilentConfirmation(_LateConfirmation):
+    """The confirming renewal never answers (a partition that outlasts the TTL)."""
+
+    async def extend(self, lease: Lease, *, ttl: float | None = None) -> Lease:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_hold_gives_up_a_confirmation_that_does_not_answer_within_the_ttl() -> None:
+    # The confirmation is bounded by the lease's local expiry, as every renewal is: hold()
+    # does not wait for the backend's own bound (statement_timeout, 30 s by default) before
+    # telling the caller the lease is lost.
+    ttl = 0.3
+    inner = MemoryThreadLock()
+    lock = _SilentConfirmation(inner, ttl)
+    ran: list[int] = []
+    with anyio.fail_after(30), pytest.raises(LeaseLost) as lost:  # a bound on a hung test
+        async with Hold(lock, "k", ttl=ttl) as lease:  # type: ignore[arg-type]
+            ran.append(lease.fence)
+    assert not ran
+    assert "confirmed after it expired" in str(lost.value)
+    assert await inner.inspect("k") is None  # released on the way out

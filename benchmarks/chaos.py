@@ -7,12 +7,13 @@ What happens
     Worker OS processes (``--workers``, 4) each run ``--tasks`` (3) asyncio tasks that loop
     over ``--keys`` (50; half of the picks go to the first 5, so keys are contended) taking
     ``hold()`` and sleeping inside for a random time (mostly milliseconds, sometimes past the
-    TTL so that renewals happen). Each critical section appends two lines to the worker's own
+    TTL so that renewals happen). Each critical section appends three lines to the worker's own
     log file (``O_APPEND``, one ``write`` each, so they survive a SIGKILL)::
 
         B key fence want_ns start_ns exp_ns        section began (want = acquire called)
         R key fence sent_ns done_ns result exp_ns  a renewal (result ok, lost or error)
-        E key fence end_ns outcome released exp_ns section ended
+        X key fence end_ns                         the body ended (hold() now releases)
+        E key fence end_ns outcome released exp_ns section ended (hold() returned)
 
     Meanwhile the controller (this process) SIGKILLs random workers and starts them again,
     restarts the server (Redis: SIGKILL, then start with its AOF kept or deleted, i.e. with
@@ -543,6 +544,9 @@ async def holder_loop(
                     await anyio.sleep(_body_time(rng, config.ttl))
                 finally:
                     end = time.time_ns()
+                    # The body's end, before hold() releases: a SIGKILL during the release
+                    # (up to release_timeout on a dead connection) leaves no E line.
+                    write(f"X {key} {fence} {end}\n")
         except LeaseLost:
             if fence is None:  # a grant that arrived after it expired (after a pause): no body
                 write("F lost\n")
@@ -1207,6 +1211,7 @@ def _parse_log(
     text: str, ident: str, killed_ns: int, sections: list[Section], report: ChaosReport
 ) -> None:
     open_: dict[tuple[str, int], tuple[int, int, int]] = {}
+    body_ended: dict[tuple[str, int], int] = {}  # X lines: the body ended, hold() releasing
     for line in text.splitlines():
         parts = line.split()
         if not parts:
@@ -1218,6 +1223,8 @@ def _parse_log(
             if (key, fence) in open_:
                 want, start, _ = open_[(key, fence)]
                 open_[(key, fence)] = (want, start, int(parts[6]))
+        elif parts[0] == "X" and len(parts) == 4 and parts[2].isdigit():
+            body_ended[(parts[1], int(parts[2]))] = int(parts[3])
         elif parts[0] == "E" and len(parts) == 7:
             if not parts[2].isdigit() or (parts[1], int(parts[2])) not in open_:
                 continue  # no section began (cannot happen since "F lost"; old logs)
@@ -1238,10 +1245,10 @@ def _parse_log(
                     report.unexpected[name] = report.unexpected.get(name, 0) + 1
         # anything else is a line cut by SIGKILL in the middle of a write: ignored
     for (key, fence), (want, start, expires) in open_.items():
-        # Began, never ended: the worker was killed inside the section; it ran until then.
-        sections.append(
-            Section(key, fence, want, start, killed_ns or start, "killed", "-", expires, ident)
-        )
+        # Began, never ended: the worker was killed inside the section; it ran until then,
+        # unless its body had ended (X) and hold() was still releasing when the kill came.
+        end = body_ended.get((key, fence)) or killed_ns or start
+        sections.append(Section(key, fence, want, start, end, "killed", "-", expires, ident))
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from benchmarks.chaos_resources import resources
 from threadlock import BackendError, LeaseLost, ThreadBusy
 from threadlock.hold import Hold
 
@@ -774,6 +775,7 @@ class _Incarnation:
     log: Path
     proc: subprocess.Popen[bytes]
     killed_ns: int = 0  # when SIGKILL was sent (the process runs no Python code after it)
+    born: float = field(default_factory=time.monotonic)  # when it was started
 
 
 def _interval(rng: random.Random, bounds: tuple[float, float]) -> float:
@@ -905,9 +907,13 @@ async def _run_servers(
             samples = _sample_points(config)
 
             def sample(when: str) -> None:
-                report.resources[when] = _resources(
+                report.resources[when] = resources(
                     target.pids(), [i.proc.pid for i in live.values()], len(proxy.conns)
                 )
+                # Workers are killed and started again all the time: their RSS is that of
+                # the incarnations alive at this instant, of this mean age (seconds).
+                ages = [time.monotonic() - i.born for i in live.values()]
+                report.resources[when]["workers_mean_age_s"] = round(sum(ages) / len(ages))
 
             def resume(slot: int) -> None:
                 inc, _, begin = paused.pop(slot)
@@ -1036,43 +1042,6 @@ def _sample_points(config: ChaosConfig) -> list[tuple[float, str]]:
     return points
 
 
-def _proc_rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _children(pids: list[int]) -> list[int]:
-    """``pids`` and their direct children (Postgres: the postmaster's backends)."""
-    wanted = set(pids)
-    found = list(pids)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) > 1 and int(fields[1]) in wanted:
-            found.append(int(entry.name))
-    return found
-
-
-def _resources(server: list[int], workers: list[int], connections: int) -> dict[str, int]:
-    """RSS (kB) of the server processes, of the live workers, of this controller; connections."""
-    return {
-        "server_rss_kb": sum(_proc_rss_kb(pid) for pid in _children(server)),
-        "workers_rss_kb": sum(_proc_rss_kb(pid) for pid in workers),
-        "controller_rss_kb": _proc_rss_kb(os.getpid()),
-        "connections": connections,
-    }
-
-
 def _snapshot(dest: Path) -> str:
     """Copy the imported ``threadlock`` package to ``dest``; describe what was copied."""
     import hashlib
@@ -1179,7 +1148,7 @@ async def _run_memory(
         while (now := time.monotonic()) < end_at:
             storm = int((now - phase0) / config.phase) % 2 == 1
             if samples and now - phase0 >= samples[0][0]:
-                report.resources[samples.pop(0)[1]] = _resources([], [], 0)
+                report.resources[samples.pop(0)[1]] = resources([], [], 0)
             if now >= next_kill:
                 _, scope = scopes[rng.randrange(len(scopes))]
                 scope.cancel()
@@ -1192,7 +1161,7 @@ async def _run_memory(
                 faults.append(Fault("loop-stall", begin, time.time_ns()))
                 next_stall = time.monotonic() + _interval(rng, config.fault_every) * 5
             await anyio.sleep(0.01)
-        report.resources["end"] = _resources([], [], 0)
+        report.resources["end"] = resources([], [], 0)
         tg.cancel_scope.cancel()
     report.faults = {"loop-stall": len(faults)}
     await anyio.sleep(config.ttl + 0.5)

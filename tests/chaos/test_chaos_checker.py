@@ -234,3 +234,16 @@ async def test_a_section_logs_its_body_end_before_hold_releases() -> None:
     began, ended = lines[0].split(), lines[1].split()
     assert ended[1:3] == began[1:3]  # same key, same fence
     assert int(ended[3]) >= int(began[4])
+
+
+def test_resource_samples_split_rss_and_count_the_processes() -> None:
+    import os
+
+    from benchmarks.chaos_resources import resources
+
+    sample = resources([os.getpid()], [os.getpid()], 3)
+    assert sample["server_procs"] >= 1
+    assert sample["worker_procs"] == 1
+    assert 0 < sample["workers_anon_kb"] <= sample["workers_rss_kb"]
+    assert 0 < sample["workers_pss_kb"] <= sample["workers_rss_kb"]
+    assert sample["connections"] == 3

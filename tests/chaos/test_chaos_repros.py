@@ -320,3 +320,73 @@ async def test_hold_gives_up_a_confirmation_that_does_not_answer_within_the_ttl(
     assert not ran
     assert "confirmed after it expired" in str(lost.value)
     assert await inner.inspect("k") is None  # released on the way out
+
+
+async def test_postgres_a_superseded_hand_off_is_not_taken_on_its_late_notification(
+    pg_server: PostgresServer,
+) -> None:
+    # Issue 15, hypothesis (b) of the second Postgres soak, checked and not a cause: a waiter
+    # whose connections froze is handed the key (a provisional grant and a NOTIFY), misses
+    # its confirmation deadline, and the key goes to the next waiter. When the network heals,
+    # the late notification and the waiter's re-checks must not give it the key.
+    table = f"repro_{uuid.uuid4().hex[:12]}"
+    proxy = FaultProxy(pg_server.port)
+    grace = 0.3
+    async with anyio.create_task_group() as servers:
+        port = await servers.start(proxy.serve)
+        slow_dsn = pg_server.dsn.replace(f":{pg_server.port}/", f":{port}/")
+        async with (
+            PostgresThreadLock.from_url(pg_server.dsn, table=table, grace=grace) as holder,
+            PostgresThreadLock.from_url(slow_dsn, table=table, grace=grace) as slow,
+            PostgresThreadLock.from_url(pg_server.dsn, table=table, grace=grace) as rival,
+        ):
+            await holder.create_schema()
+            first = await holder.acquire("k", ttl=30.0)
+            woken = anyio.Event()
+            statuses: list[str] = []
+            wake_id = slow._listener.hub.wake_id
+            attempt = slow._attempt
+
+            def record_wake(waiter_id: str) -> None:
+                woken.set()
+                wake_id(waiter_id)
+
+            async def record_attempt(*args: object, **kwargs: object) -> object:
+                result = await attempt(*args, **kwargs)  # type: ignore[arg-type]
+                if woken.is_set():
+                    statuses.append(result.status)
+                return result
+
+            slow._listener.hub.wake_id = record_wake  # type: ignore[method-assign]
+            slow._attempt = record_attempt  # type: ignore[method-assign,assignment]
+            got: dict[str, Lease] = {}
+
+            async def take(name: str, lock: PostgresThreadLock) -> None:
+                got[name] = await lock.acquire("k", ttl=30.0, timeout=60.0)
+
+            async def waiters(count: int) -> None:
+                while (info := await holder.inspect("k")) is None or info.waiters != count:
+                    await anyio.sleep(0.01)  # polling the server's state: no event for it
+
+            with anyio.fail_after(60):  # a bound on a hung test, not a timing goal
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(take, "slow", slow)
+                    await waiters(1)
+                    while slow._listener.connects < 1:  # LISTEN in effect: no event for it
+                        await anyio.sleep(0.01)
+                    proxy.stall(None, 3.0)  # slow's statements and its LISTEN freeze
+                    tg.start_soon(take, "rival", rival)
+                    await waiters(2)
+                    assert await holder.release(first)  # provisional grant to slow, NOTIFY
+                    while "rival" not in got:
+                        await anyio.sleep(0.01)
+                    # The heal: the late NOTIFY wakes slow, which re-checks while rival holds.
+                    await woken.wait()
+                    while not statuses:
+                        await anyio.sleep(0.01)
+                    assert "slow" not in got
+                    assert set(statuses) == {"waiting"}
+                    assert await rival.release(got["rival"])
+            assert got["slow"].fence > got["rival"].fence > first.fence
+            assert await slow.release(got["slow"])
+        servers.cancel_scope.cancel()

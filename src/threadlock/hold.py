@@ -3,7 +3,11 @@
 A backend supplies only ``acquire``, ``extend`` and ``release``; :class:`Hold` turns them into
 the context manager that every ``lock.hold()`` returns:
 
-1. it acquires, waiting FIFO as ``acquire`` does;
+1. it acquires, waiting FIFO as ``acquire`` does. A grant that took longer than a tenth of
+   the TTL (a queued or handed-off acquire, a slow answer) is confirmed with a renewal,
+   bounded by the TTL, before the body runs; a confirmation that is refused, or that
+   answers after the lease's local expiry, is :class:`~threadlock.LeaseLost` from
+   ``__aenter__`` and the body never starts;
 2. a background task in an anyio task group renews the lease every ``renew_every`` seconds
    (``ttl / 3`` by default). A renewal refused because the lease is gone cancels the body and
    the block raises :class:`~threadlock.LeaseLost`. A renewal that fails because the backend

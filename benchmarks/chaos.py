@@ -7,12 +7,13 @@ What happens
     Worker OS processes (``--workers``, 4) each run ``--tasks`` (3) asyncio tasks that loop
     over ``--keys`` (50; half of the picks go to the first 5, so keys are contended) taking
     ``hold()`` and sleeping inside for a random time (mostly milliseconds, sometimes past the
-    TTL so that renewals happen). Each critical section appends two lines to the worker's own
+    TTL so that renewals happen). Each critical section appends three lines to the worker's own
     log file (``O_APPEND``, one ``write`` each, so they survive a SIGKILL)::
 
         B key fence want_ns start_ns exp_ns        section began (want = acquire called)
         R key fence sent_ns done_ns result exp_ns  a renewal (result ok, lost or error)
-        E key fence end_ns outcome released exp_ns section ended
+        X key fence end_ns                         the body ended (hold() now releases)
+        E key fence end_ns outcome released exp_ns section ended (hold() returned)
 
     Meanwhile the controller (this process) SIGKILLs random workers and starts them again,
     restarts the server (Redis: SIGKILL, then start with its AOF kept or deleted, i.e. with
@@ -77,6 +78,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from benchmarks.chaos_resources import resources
 from threadlock import BackendError, LeaseLost, ThreadBusy
 from threadlock.hold import Hold
 
@@ -543,6 +545,9 @@ async def holder_loop(
                     await anyio.sleep(_body_time(rng, config.ttl))
                 finally:
                     end = time.time_ns()
+                    # The body's end, before hold() releases: a SIGKILL during the release
+                    # (up to release_timeout on a dead connection) leaves no E line.
+                    write(f"X {key} {fence} {end}\n")
         except LeaseLost:
             if fence is None:  # a grant that arrived after it expired (after a pause): no body
                 write("F lost\n")
@@ -770,6 +775,7 @@ class _Incarnation:
     log: Path
     proc: subprocess.Popen[bytes]
     killed_ns: int = 0  # when SIGKILL was sent (the process runs no Python code after it)
+    born: float = field(default_factory=time.monotonic)  # when it was started
 
 
 def _interval(rng: random.Random, bounds: tuple[float, float]) -> float:
@@ -901,9 +907,13 @@ async def _run_servers(
             samples = _sample_points(config)
 
             def sample(when: str) -> None:
-                report.resources[when] = _resources(
+                report.resources[when] = resources(
                     target.pids(), [i.proc.pid for i in live.values()], len(proxy.conns)
                 )
+                # Workers are killed and started again all the time: their RSS is that of
+                # the incarnations alive at this instant, of this mean age (seconds).
+                ages = [time.monotonic() - i.born for i in live.values()]
+                report.resources[when]["workers_mean_age_s"] = round(sum(ages) / len(ages))
 
             def resume(slot: int) -> None:
                 inc, _, begin = paused.pop(slot)
@@ -1032,43 +1042,6 @@ def _sample_points(config: ChaosConfig) -> list[tuple[float, str]]:
     return points
 
 
-def _proc_rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _children(pids: list[int]) -> list[int]:
-    """``pids`` and their direct children (Postgres: the postmaster's backends)."""
-    wanted = set(pids)
-    found = list(pids)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) > 1 and int(fields[1]) in wanted:
-            found.append(int(entry.name))
-    return found
-
-
-def _resources(server: list[int], workers: list[int], connections: int) -> dict[str, int]:
-    """RSS (kB) of the server processes, of the live workers, of this controller; connections."""
-    return {
-        "server_rss_kb": sum(_proc_rss_kb(pid) for pid in _children(server)),
-        "workers_rss_kb": sum(_proc_rss_kb(pid) for pid in workers),
-        "controller_rss_kb": _proc_rss_kb(os.getpid()),
-        "connections": connections,
-    }
-
-
 def _snapshot(dest: Path) -> str:
     """Copy the imported ``threadlock`` package to ``dest``; describe what was copied."""
     import hashlib
@@ -1175,7 +1148,7 @@ async def _run_memory(
         while (now := time.monotonic()) < end_at:
             storm = int((now - phase0) / config.phase) % 2 == 1
             if samples and now - phase0 >= samples[0][0]:
-                report.resources[samples.pop(0)[1]] = _resources([], [], 0)
+                report.resources[samples.pop(0)[1]] = resources([], [], 0)
             if now >= next_kill:
                 _, scope = scopes[rng.randrange(len(scopes))]
                 scope.cancel()
@@ -1188,7 +1161,7 @@ async def _run_memory(
                 faults.append(Fault("loop-stall", begin, time.time_ns()))
                 next_stall = time.monotonic() + _interval(rng, config.fault_every) * 5
             await anyio.sleep(0.01)
-        report.resources["end"] = _resources([], [], 0)
+        report.resources["end"] = resources([], [], 0)
         tg.cancel_scope.cancel()
     report.faults = {"loop-stall": len(faults)}
     await anyio.sleep(config.ttl + 0.5)
@@ -1207,6 +1180,7 @@ def _parse_log(
     text: str, ident: str, killed_ns: int, sections: list[Section], report: ChaosReport
 ) -> None:
     open_: dict[tuple[str, int], tuple[int, int, int]] = {}
+    body_ended: dict[tuple[str, int], int] = {}  # X lines: the body ended, hold() releasing
     for line in text.splitlines():
         parts = line.split()
         if not parts:
@@ -1218,6 +1192,8 @@ def _parse_log(
             if (key, fence) in open_:
                 want, start, _ = open_[(key, fence)]
                 open_[(key, fence)] = (want, start, int(parts[6]))
+        elif parts[0] == "X" and len(parts) == 4 and parts[2].isdigit():
+            body_ended[(parts[1], int(parts[2]))] = int(parts[3])
         elif parts[0] == "E" and len(parts) == 7:
             if not parts[2].isdigit() or (parts[1], int(parts[2])) not in open_:
                 continue  # no section began (cannot happen since "F lost"; old logs)
@@ -1238,10 +1214,10 @@ def _parse_log(
                     report.unexpected[name] = report.unexpected.get(name, 0) + 1
         # anything else is a line cut by SIGKILL in the middle of a write: ignored
     for (key, fence), (want, start, expires) in open_.items():
-        # Began, never ended: the worker was killed inside the section; it ran until then.
-        sections.append(
-            Section(key, fence, want, start, killed_ns or start, "killed", "-", expires, ident)
-        )
+        # Began, never ended: the worker was killed inside the section; it ran until then,
+        # unless its body had ended (X) and hold() was still releasing when the kill came.
+        end = body_ended.get((key, fence)) or killed_ns or start
+        sections.append(Section(key, fence, want, start, end, "killed", "-", expires, ident))
 
 
 # --------------------------------------------------------------------------------------------

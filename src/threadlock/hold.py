@@ -3,7 +3,11 @@
 A backend supplies only ``acquire``, ``extend`` and ``release``; :class:`Hold` turns them into
 the context manager that every ``lock.hold()`` returns:
 
-1. it acquires, waiting FIFO as ``acquire`` does;
+1. it acquires, waiting FIFO as ``acquire`` does. A grant that took longer than a tenth of
+   the TTL (a queued or handed-off acquire, a slow answer) is confirmed with a renewal,
+   bounded by the TTL, before the body runs; a confirmation that is refused, or that
+   answers after the lease's local expiry, is :class:`~threadlock.LeaseLost` from
+   ``__aenter__`` and the body never starts;
 2. a background task in an anyio task group renews the lease every ``renew_every`` seconds
    (``ttl / 3`` by default). A renewal refused because the lease is gone cancels the body and
    the block raises :class:`~threadlock.LeaseLost`. A renewal that fails because the backend
@@ -201,7 +205,8 @@ class Hold:
         else:
             # A long wait (or a slow answer): when it was granted is not known here, so
             # renew at once and count from when the renewal was sent. A lease that expired
-            # before its grant reached us fails here, before the body runs.
+            # before its grant reached us fails here, before the body runs, and so does one
+            # whose renewal answered only after the lease's local expiry.
             await self._confirm(lease)
             granted = anyio.current_time()
         try:
@@ -242,7 +247,18 @@ class Hold:
     async def _confirm(self, lease: Lease) -> None:
         sent = anyio.current_time()
         try:
-            self._lease = await self._lock.extend(lease)
+            # Bounded as a renewal is: an answer after the lease's local expiry is of no use
+            # (the backends' shielded round trips end at this deadline, threadlock._deadline).
+            with anyio.move_on_after(lease.ttl):
+                self._lease = await self._lock.extend(lease)
+            if anyio.current_time() >= sent + self._lease.ttl:
+                # The renewal's answer came after the lease's local expiry (a stalled
+                # connection, a process paused while it was in flight): another holder may
+                # have had the key meanwhile, so the body must not start, not even its first
+                # lines before a checkpoint.
+                lost = LeaseLost(self._key, lease.fence, "confirmed after it expired")
+                self._observer.lost(self._kind, lost.key, lost.fence, lost.detail or "expired")
+                raise lost
         except BaseException as error:
             await self._release()
             self._end_scope(type(error), error, error.__traceback__)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import anyio
 import anyio.abc
 import pytest
-from benchmarks.chaos import ChaosConfig, ChaosReport, Fault, FaultProxy, Section, check
+from benchmarks.chaos import (
+    ChaosConfig,
+    ChaosReport,
+    Fault,
+    FaultProxy,
+    Section,
+    _parse_log,
+    check,
+    holder_loop,
+)
+
+from threadlock import Lease, MemoryThreadLock
 
 MS = 1_000_000
 T0 = 1_800_000_000 * 1_000_000_000
@@ -161,3 +173,77 @@ def test_a_partition_stale_body_is_timed_from_the_heal() -> None:
     assert report.stale_after_heal == 1
     assert report.worst_stale_end_after_heal_ms == -1500.0  # cancelled before the heal
     assert report.violations == 0
+
+
+def test_a_killed_worker_whose_body_had_ended_ends_its_section_there() -> None:
+    # Issue 15 (second Postgres soak): a worker SIGKILLed while hold() was releasing (the
+    # release waits up to release_timeout on a dead connection) has no E line; its body had
+    # ended (cancelled at the lease's deadline) before the next holder began. The section
+    # ends at the body's end (its X line), not at the kill.
+    def at(ms: int) -> int:
+        return T0 + ms * MS
+
+    log = f"B k 1 {at(0)} {at(0)} {at(2000)}\nX k 1 {at(1990)}\n"
+    report = ChaosReport(config="unit", held_after=0)
+    sections: list[Section] = []
+    _parse_log(log, "w-1", at(3500), sections, report)
+    assert [(s.end, s.outcome) for s in sections] == [(at(1990), "killed")]
+    later = Section("k", 2, at(100), at(2100), at(2200), "ok", "1", 0, "q")
+    assert check(report, [*sections, later], [], {}, ChaosConfig()).violations == 0
+    # Without an X line the section ran, for the checker, until the kill: an overlap.
+    sections = []
+    _parse_log(f"B k 1 {at(0)} {at(0)} {at(2000)}\n", "w-1", at(3500), sections, report)
+    assert sections[0].end == at(3500)
+    report = ChaosReport(config="unit", held_after=0)
+    assert check(report, [*sections, later], [], {}, ChaosConfig()).violations == 1
+
+
+class _StuckRelease:
+    """A memory lock whose release does not answer until told to (a dead connection)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryThreadLock()
+        self.releasing = anyio.Event()
+        self.answer = anyio.Event()
+
+    async def acquire(self, key: str, *, ttl: float, timeout: float | None) -> Lease:
+        return await self.inner.acquire(key, ttl=ttl, timeout=timeout)
+
+    async def extend(self, lease: Lease, *, ttl: float | None = None) -> Lease:
+        return await self.inner.extend(lease, ttl=ttl)
+
+    async def release(self, lease: Lease) -> bool:
+        self.releasing.set()
+        await self.answer.wait()
+        return await self.inner.release(lease)
+
+
+@pytest.mark.anyio
+async def test_a_section_logs_its_body_end_before_hold_releases() -> None:
+    # What a SIGKILL during the release leaves in the log must say when the body ended.
+    lock = _StuckRelease()
+    lines: list[str] = []
+    config = ChaosConfig(backend="memory", keys=1, hot_keys=1)
+    with anyio.fail_after(30):  # a bound on a hung test, not a timing goal
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder_loop, lock, config, random.Random(1), lines.append)
+            await lock.releasing.wait()
+            kinds = [line.split()[0] for line in lines]
+            tg.cancel_scope.cancel()
+    assert kinds == ["B", "X"], lines
+    began, ended = lines[0].split(), lines[1].split()
+    assert ended[1:3] == began[1:3]  # same key, same fence
+    assert int(ended[3]) >= int(began[4])
+
+
+def test_resource_samples_split_rss_and_count_the_processes() -> None:
+    import os
+
+    from benchmarks.chaos_resources import resources
+
+    sample = resources([os.getpid()], [os.getpid()], 3)
+    assert sample["server_procs"] >= 1
+    assert sample["worker_procs"] == 1
+    assert 0 < sample["workers_anon_kb"] <= sample["workers_rss_kb"]
+    assert 0 < sample["workers_pss_kb"] <= sample["workers_rss_kb"]
+    assert sample["connections"] == 3

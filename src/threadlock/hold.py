@@ -249,9 +249,10 @@ class Hold:
         try:
             # Bounded as a renewal is: an answer after the lease's local expiry is of no use
             # (the backends' shielded round trips end at this deadline, threadlock._deadline).
+            confirmed = lease
             with anyio.move_on_after(lease.ttl):
-                self._lease = await self._lock.extend(lease)
-            if anyio.current_time() >= sent + self._lease.ttl:
+                confirmed = self._lease = await self._lock.extend(lease)
+            if anyio.current_time() >= sent + confirmed.ttl:
                 # The renewal's answer came after the lease's local expiry (a stalled
                 # connection, a process paused while it was in flight): another holder may
                 # have had the key meanwhile, so the body must not start, not even its first
@@ -263,7 +264,7 @@ class Hold:
             await self._release()
             self._end_scope(type(error), error, error.__traceback__)
             raise
-        self._deadline = sent + self._lease.ttl
+        self._deadline = sent + confirmed.ttl
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = deadline

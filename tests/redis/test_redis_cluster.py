@@ -86,7 +86,7 @@ async def test_a_sweep_finds_stranded_keys_on_every_master(redis_cluster: RedisC
                 await anyio.sleep(0.05)
         assert sorted(answered) == sorted(keys)
         assert await inbox.stranded() == []
-        assert await lock.client.zcard(f"{prefix}:inbox-keys") == 0  # all removed
+        assert await lock.client.zcard(f"{prefix}:inbox-keys:{{{prefix}}}") == 0  # all removed
 
 
 @pytest.mark.anyio

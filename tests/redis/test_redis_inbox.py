@@ -78,7 +78,11 @@ async def test_a_lease_past_its_end_is_not_the_owners_though_its_key_remains(
 
 
 def _index(lock: RedisThreadLock) -> str:
-    return f"{lock.prefix}:inbox-keys"
+    return f"{lock.prefix}:inbox-keys:{{{lock.prefix}}}"
+
+
+def _index_keys(lock: RedisThreadLock) -> list[bytes]:
+    return [_index(lock).encode(), f"{lock.prefix}:inbox-until:{{{lock.prefix}}}".encode()]
 
 
 async def _indexed(lock: RedisThreadLock) -> dict[str, int]:
@@ -108,7 +112,7 @@ async def test_a_crash_between_index_and_post_leaves_an_entry_a_sweep_removes(
     redis_lock: RedisThreadLock,
 ) -> None:
     # The poster stamped the key in the index and died before its post reached the key.
-    await _script(redis_lock, "inbox_index", [_index(redis_lock).encode()], "ghost", 0, 60_000)
+    await _script(redis_lock, "inbox_index", _index_keys(redis_lock), "ghost", 0, 60_000)
     assert list(await _indexed(redis_lock)) == ["ghost"]
     assert await Inbox(redis_lock).stranded() == []  # nothing pending there
     assert await _indexed(redis_lock) == {}  # removed on the way
@@ -126,7 +130,7 @@ async def test_a_post_overtaken_by_a_later_stamp_is_stamped_again(
     # P2 stamps first, P1 stamps later and posts; the owner answers P1 and releases, which
     # removes the entry (its stamp is P1's). P2's post then lands with its older stamp: it
     # is refused and stamped again, so the key is indexed while its message is pending.
-    store, index = RedisInboxStore.of(redis_lock), [_index(redis_lock).encode()]
+    store, index = RedisInboxStore.of(redis_lock), _index_keys(redis_lock)
     names = store._names("overtaken")
     late = text(await _script(redis_lock, "inbox_index", index, "overtaken", 0, 60_000))
     inbox = Inbox(redis_lock)
@@ -148,7 +152,7 @@ async def test_a_post_overtaken_by_a_later_stamp_is_stamped_again(
 async def test_an_entry_stamped_after_the_reading_stays(redis_lock: RedisThreadLock) -> None:
     # A release read stamp r, then a post stamped the key again before the removal: the
     # removal (conditional on r) leaves the entry.
-    store, index = RedisInboxStore.of(redis_lock), [_index(redis_lock).encode()]
+    store, index = RedisInboxStore.of(redis_lock), _index_keys(redis_lock)
     assert await store.append("restamped", "m1", "j:1", max_pending=10, entry_ttl=60)
     lease = await redis_lock.acquire("restamped", ttl=30)
     assert await store.ack(lease, ["m1"], entry_ttl=60)
@@ -200,9 +204,50 @@ async def test_the_index_is_left_empty_by_bursts_on_many_keys(
                         tg.start_soon(post, f"burst-{k}", n)
     assert sorted(answered) == sorted(f"burst-{k}/{n}" for k in range(20) for n in range(3))
     assert await _indexed(redis_lock) == {}
-    assert not await redis_lock.client.exists(_index(redis_lock))  # an empty zset is gone
+    assert not await redis_lock.client.exists(*_index_keys(redis_lock))  # empty zsets are gone
     assert await Inbox(redis_lock).stranded() == []
     # while it has an entry, the index expires two entry_ttl after the last post
     store = RedisInboxStore.of(redis_lock)
     assert await store.append("left", "m", "j:1", max_pending=10, entry_ttl=30.0)
     assert 0 < await redis_lock.client.pttl(_index(redis_lock)) <= 60_000
+
+
+@pytest.mark.anyio
+async def test_a_short_lived_post_keeps_the_entries_of_longer_lived_inboxes(
+    redis_lock: RedisThreadLock,
+) -> None:
+    # The index is trimmed as posts come: an entry must go only after ITS keep time (two
+    # entry_ttl of the posts that stamped it), never after the keep time of the post that
+    # happens to trim. A post with a short entry_ttl neither drops the entry of a key whose
+    # inbox lives an hour nor shortens the index's own life below that entry's.
+    store = RedisInboxStore.of(redis_lock)
+    assert await store.append("long-lived", "m", "j:1", max_pending=10, entry_ttl=3600.0)
+    await anyio.sleep(0.1)  # older than the short post's keep time (2 x 0.02 s)
+    assert await store.append("short-lived", "m", "j:1", max_pending=10, entry_ttl=0.02)
+    assert "long-lived" in await _indexed(redis_lock)
+    assert await redis_lock.client.pttl(_index(redis_lock)) > 3_600_000
+    await anyio.sleep(0.1)  # the short-lived key's inbox and entry have both expired
+    assert await Inbox(redis_lock).stranded() == ["long-lived"]  # found, so answered
+
+
+@pytest.mark.anyio
+async def test_a_sweep_page_boundary_between_equal_stamps_skips_none(
+    redis_lock: RedisThreadLock,
+) -> None:
+    # Stamps rise per key, but two keys may get the same one (the same server µs, or a
+    # floor). A page that ends inside a run of equal stamps must go on inside it.
+    store = RedisInboxStore.of(redis_lock)
+    store.sweep_page = 2
+    keys = [f"tie-{i}" for i in range(5)]
+    for key in keys:
+        assert await store.append(key, "m", "j:1", max_pending=10, entry_ttl=60)
+    stamps = await _indexed(redis_lock)
+    tie = max(stamps.values())
+    await redis_lock.client.zadd(_index(redis_lock), dict.fromkeys(keys[:3], tie), xx=True)
+    seen = [await store.stranded_keys(100) for _ in range(3)]
+    assert sorted(k for page in seen for k in page) == keys, seen
+    # and a limit that cuts inside the run of equal stamps goes on with the first left out
+    store._cursor = None
+    assert await store.stranded_keys(1) == [keys[3]]  # lowest stamps first
+    firsts = [await store.stranded_keys(1) for _ in range(4)]
+    assert sorted(k for page in firsts for k in page) == sorted([*keys[:3], keys[4]]), firsts

@@ -9,9 +9,11 @@ lease with the same code as ``release.lua`` when nothing is pending, so the rele
 is atomic.
 
 Crash recovery (:meth:`RedisInboxStore.stranded_keys`) reads one more key per prefix,
-``<prefix>:inbox-keys``: a sorted set of the user keys that may have pending messages, each
-with a *stamp* (server µs, rising per key). It is in a slot of its own, so no script of a
-key's slot touches it (a script may only touch one slot on a Cluster); instead:
+``<prefix>:inbox-keys:{<prefix>}`` (the *index*): a sorted set of the user keys that may have
+pending messages, each with a *stamp* (server µs, rising per key); beside it, in its slot,
+``<prefix>:inbox-until:{<prefix>}`` holds each entry's keep time. That slot is not a key's,
+so no script of a key's slot touches them (a script may only touch one slot on a Cluster);
+instead:
 
 * a post first stamps its key in the index (``inbox_index.lua``), then posts with that stamp
   (``inbox_post.lua``), which records the newest stamp resolved in the key's slot and refuses
@@ -24,10 +26,13 @@ key's slot touches it (a script may only touch one slot on a Cluster); instead:
   two steps) raises the key's recorded stamp to the entry's first (``inbox_settle.lua``), so
   a post stamped up to then that lands later is refused and stamped again, then removes the
   entry as the release does;
-* the index drops entries two ``entry_ttl`` after their last stamp, and expires as a whole
-  then; a sweep reads at most :attr:`RedisInboxStore.sweep_page` entries, oldest stamp
-  first, and goes on from there at its next call, so each call is bounded and every entry
-  is read within ``len(index) / sweep_page + 1`` calls.
+* an entry is kept two ``entry_ttl`` after its last stamp, the longest any of its key's posts
+  asked (each post's own ``entry_ttl``; a post with a short one drops no other key's entry),
+  and the index expires as a whole after the longest keep time asked; a sweep reads at most
+  :attr:`RedisInboxStore.sweep_page` entries, oldest stamp first (then by key), and goes on
+  after the last one it read (stamp and key: two keys may share a stamp) at its next call,
+  so each call is bounded and every entry is read within ``len(index) / sweep_page + 1``
+  calls.
 
 It is built from the lock's public surface (its client, prefix and pub/sub mode); the lock
 itself is not changed by it.
@@ -35,6 +40,7 @@ itself is not changed by it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Sequence
@@ -78,6 +84,11 @@ class _Names:
         self.settle = [lock[0], inbox[0], inbox[5]]  # lease, pend, stamp
 
 
+def _raw(value: object) -> bytes:
+    """A member of a Redis reply as bytes (Redis orders members by their bytes)."""
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
 def _us(value: object) -> float:
     return int(text(value)) / 1_000_000
 
@@ -96,9 +107,12 @@ class RedisInboxStore:
         self._key_names = NameCache(lock.prefix)
         self._pub = b"s" if lock.sharded_pubsub else b"p"
         self._cache: dict[str, _Names] = {}
-        self._index = f"{lock.prefix}:inbox-keys".encode()
-        self._cursor: int | None = None  # the stamp the next sweep reads after (None: first)
-        self._keep_ms = ttl_ms(2 * 3600.0)  # how long the index keeps an entry (2 entry_ttl)
+        tag = "{" + lock.prefix + "}"  # the prefix has no braces: one slot for both keys
+        self._index = f"{lock.prefix}:inbox-keys:{tag}".encode()
+        self._index_keys = [self._index, f"{lock.prefix}:inbox-until:{tag}".encode()]
+        #: the (stamp, key) the next sweep reads after (None: from the start)
+        self._cursor: tuple[int, bytes] | None = None
+        self._keep_ms = ttl_ms(2 * 3600.0)  # how long a settled stamp is kept (2 entry_ttl)
 
     @classmethod
     def of(cls, lock: RedisThreadLock) -> RedisInboxStore:
@@ -136,7 +150,7 @@ class RedisInboxStore:
         floor: int | str = 0
         self._keep_ms = keep_ms = ttl_ms(2 * entry_ttl)
         for _ in range(_POST_TRIES):
-            stamp = await script("inbox_index", [self._index], key, floor, keep_ms)
+            stamp = await script("inbox_index", self._index_keys, key, floor, keep_ms)
             reply = await script(
                 "inbox_post",
                 names.all,
@@ -184,7 +198,7 @@ class RedisInboxStore:
         if stamp == "0":
             return  # nothing recorded (expired): the entry ages out
         try:
-            await self._commands.script_shielded("inbox_unindex", [self._index], key, stamp)
+            await self._commands.script_shielded("inbox_unindex", self._index_keys, key, stamp)
         except BackendError as error:
             _log.debug("inbox index: %r stays until a sweep: %s", key, error)
 
@@ -257,31 +271,54 @@ class RedisInboxStore:
         :attr:`sweep_page` entries of the index, from where the last call stopped (see the
         module docstring). An entry whose key has nothing pending and no live lease is
         removed on the way (if no post stamped it since)."""
-        client, index = self._commands.client, self._index
-        low = "-inf" if self._cursor is None else f"({self._cursor}"
-        page = self.sweep_page
-        reply = await self._commands.command(
-            lambda: client.zrangebyscore(index, low, "+inf", start=0, num=page, withscores=True),
-            shield=True,
-        )
-        entries = [(text(member), int(score)) for member, score in cast(list[Any], reply)]
-        keys = [key for key, _ in entries]
-        self._cursor = entries[-1][1] if len(entries) == page else None
+        entries = await self._page()
+        keys = [text(member) for _, member in entries]
         state = await self._probe(keys)
         stranded: list[str] = []
         idle: dict[str, int] = {}
-        cut = False
-        for key, score in entries:
+        for i, key in enumerate(keys):
             pending, live, _ = state[key]
             if pending and not live:
-                if len(stranded) < limit:
-                    stranded.append(key)
-                elif not cut:
-                    cut, self._cursor = True, score - 1  # the next call starts with this one
+                if len(stranded) == limit:
+                    self._cursor = entries[i - 1]  # the next call starts with this one (i > 0)
+                    break
+                stranded.append(key)
             elif not pending and not live:
-                idle[key] = score
+                idle[key] = entries[i][0]
         await for_each_bounded(list(idle), lambda key: self._settle(key, idle[key]))
         return stranded
+
+    async def _page(self) -> list[tuple[int, bytes]]:
+        """The next :attr:`sweep_page` index entries (stamp, key) after the cursor, in the
+        index's order (stamp, then key bytes), and the cursor moved past them (None at the
+        index's end). Stamps rise per key but two keys may share one, so the cursor is an
+        entry, not a stamp: a page that ends inside a run of equal stamps goes on inside it."""
+        client, index = self._commands.client, self._index
+        page, after = self.sweep_page, self._cursor
+        low = "-inf" if after is None else str(after[0])  # inclusive: equal stamps come again
+        fresh: list[tuple[int, bytes]] = []
+        offset, ended = 0, False
+        while len(fresh) < page and not ended:
+            reply = await self._commands.command(
+                functools.partial(
+                    client.zrangebyscore,
+                    index,
+                    low,
+                    "+inf",
+                    start=offset,
+                    num=page,
+                    withscores=True,
+                ),
+                shield=True,
+            )
+            got = [(int(score), _raw(member)) for member, score in cast(list[Any], reply)]
+            # those at or before the cursor come first (the index is ordered as the cursor)
+            fresh.extend(got if after is None else [entry for entry in got if entry > after])
+            ended, offset = len(got) < page, offset + page
+        if len(fresh) > page:
+            fresh, ended = fresh[:page], False
+        self._cursor = None if ended or not fresh else fresh[-1]
+        return fresh
 
     async def _settle(self, key: str, score: int) -> None:
         """Remove the entry of ``key`` (nothing pending, no live lease), stamped ``score`` in

@@ -7,9 +7,12 @@
 --   dead  list   "<died µs> <attempts> <posted µs> <#id> <id><stored payload>", newest last
 --   stamp string "<stamp> <user key>": the stamp of the newest post resolved here (stored,
 --                deduplicated or refused as full) and the key itself (for status)
--- and one key per prefix, in a slot of its own, that no script of a key's slot touches:
---   <prefix>:inbox-keys  zset  user key -> stamp: every key that may have pending messages
---                (crash recovery scans it; see inbox/redis.py and inbox_index.lua)
+-- and two keys per prefix, in a slot of their own (the tag {<prefix>}), that no script of a
+-- key's slot touches:
+--   <prefix>:inbox-keys:{<prefix>}   zset  user key -> stamp: every key that may have
+--                pending messages (crash recovery scans it; see inbox/redis.py)
+--   <prefix>:inbox-until:{<prefix>}  zset  user key -> server µs its entry is kept until
+--                (the latest keep time its posts asked; see inbox_index.lua)
 -- Numbers above 1e14 are never concatenated with `..` (Lua 5.1 prints them as %.14g).
 
 local function inbox_fmt(n)

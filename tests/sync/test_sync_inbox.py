@@ -294,6 +294,43 @@ def test_serve_sweeps_until_stopped(lock: SyncThreadLock) -> None:
     assert lock.inspect("later") is None
 
 
+BAD_SWEEP_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
+    ({"strategy": "fifo"}, ValueError, "strategy"),
+    ({"debounce": -1}, ValueError, "debounce"),
+    ({"debounce": 2, "max_wait": 1}, ValueError, "max_wait"),
+    ({"max_batch": 0}, ValueError, "max_batch"),
+    ({"max_batch": "20"}, TypeError, "max_batch"),
+    ({"ttl": 0}, ValueError, "ttl"),
+    ({"max_attempts": 0}, ValueError, "max_attempts"),
+    ({"interval": 0}, ValueError, "interval"),
+    ({"handler": "not callable"}, TypeError, "handler"),
+    ({"stop": True}, TypeError, "stop"),
+]
+
+
+@pytest.mark.parametrize(("bad", "error", "name"), BAD_SWEEP_ARGUMENTS)
+def test_serve_checks_every_argument_before_it_starts(
+    lock: SyncThreadLock, bad: dict[str, Any], error: type[Exception], name: str
+) -> None:
+    # With ``stop`` already set, serve() runs no pass: a bad argument must still be refused,
+    # naming itself, and nothing is answered.
+    inbox = Inbox(lock)
+    for _ in inbox.turns("checked", "c1", id="c1"):
+        break  # pending, no lease: a pass would answer it
+    answered: list[object] = []
+    stop = threading.Event()
+    stop.set()
+    arguments: dict[str, Any] = {"handler": answered.append, "stop": stop, **bad}
+    with pytest.raises(error, match=name):
+        inbox.serve(**arguments)
+    if "stop" not in bad and "interval" not in bad:
+        sweep_arguments = {k: v for k, v in arguments.items() if k != "stop"}
+        with pytest.raises(error, match=name):
+            inbox.sweep(**sweep_arguments)
+    assert answered == []
+    assert [m.id for m in inbox.pending("checked")] == ["c1"]
+
+
 # -- the sync guards under a batch's lease ----------------------------------------------------
 
 

@@ -18,6 +18,7 @@ The flow of one :meth:`Inbox.turns` call:
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -143,11 +144,11 @@ class Inbox:
         message_id: str,
         payload: str | None,
         strategy: object,
-        debounce: float,
-        max_wait: float,
-        max_batch: int,
-        ttl: float,
-        max_attempts: int,
+        debounce: object,
+        max_wait: object,
+        max_batch: object,
+        ttl: object,
+        max_attempts: object,
     ) -> _Settings:
         if not isinstance(strategy, str):
             raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
@@ -214,16 +215,27 @@ class Inbox:
         the pass goes on with the next key; the batch stays pending with one more attempt.
         Returns how many batches ``handler`` completed.
         """
+        settings = self._sweep_settings(
+            handler, strategy, debounce, max_wait, max_batch, ttl, max_attempts
+        )
+        return await self._sweep_pass(handler, settings, _check_count(limit, "limit"))
+
+    def _sweep_settings(self, handler: object, *options: object) -> _Settings:
+        """The one check of the arguments of :meth:`sweep` and :meth:`serve` (the blocking
+        :class:`threadlock.sync.Inbox` calls it too): ``handler`` must be callable, the
+        rest as for :meth:`turns`. Raises ``TypeError``/``ValueError`` naming the argument;
+        ``options``: strategy, debounce, max_wait, max_batch, ttl, max_attempts (in that
+        order). Returns what :meth:`_sweep_pass` takes."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        settings = self._settings(
-            "-", "-", None, strategy, debounce, max_wait, max_batch, ttl, max_attempts
-        )
+        return self._settings("-", "-", None, *options)
+
+    async def _sweep_pass(self, handler: Handler, settings: _Settings, limit: int) -> int:
+        """:meth:`sweep` with arguments :meth:`_sweep_settings` checked already."""
         done = 0
-        for key in await self._sweepable().stranded_keys(_check_count(limit, "limit")):
-            settings.key = key
+        for key in await self._sweepable().stranded_keys(limit):
             try:
-                async with Turns(self._run(settings)) as turns:
+                async with Turns(self._run(settings.for_key(key))) as turns:
                     async for batch in turns:
                         await handler(batch)
                         done += 1
@@ -248,17 +260,11 @@ class Inbox:
         messages are picked up within its ``ttl`` plus ``interval`` (keep ``interval`` at
         most the lock's ``grace``)."""
         pause = check_positive(interval, "interval")
-        self._settings("-", "-", None, strategy, debounce, max_wait, max_batch, ttl, max_attempts)
+        settings = self._sweep_settings(
+            handler, strategy, debounce, max_wait, max_batch, ttl, max_attempts
+        )
         while True:
-            await self.sweep(
-                handler,
-                strategy=strategy,
-                debounce=debounce,
-                max_wait=max_wait,
-                max_batch=max_batch,
-                ttl=ttl,
-                max_attempts=max_attempts,
-            )
+            await self._sweep_pass(handler, settings, 100)
             await anyio.sleep(pause)
 
     # -- the owner's loop -------------------------------------------------------------------
@@ -411,6 +417,12 @@ class _Settings:
         self.max_batch = max_batch
         self.ttl = ttl
         self.max_attempts = max_attempts
+
+    def for_key(self, key: str) -> _Settings:
+        """These settings for a sweep of ``key`` (posting nothing)."""
+        settings = copy.copy(self)
+        settings.key = key
+        return settings
 
 
 class Turns:

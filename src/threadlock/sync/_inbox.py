@@ -9,7 +9,6 @@ is the async sweep with the handler run in a worker thread.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 
 from threadlock._validate import check_positive
+from threadlock.inbox.api import Handler, Turns, _check_count
 from threadlock.inbox.api import Inbox as _AsyncInbox
-from threadlock.inbox.api import Turns
 from threadlock.sync import _runtime
 from threadlock.sync._bridge import Bridge
 from threadlock.sync._lock import SyncThreadLock
@@ -32,6 +31,16 @@ if TYPE_CHECKING:
 __all__ = ["Inbox", "SyncBatch", "SyncTurns"]
 
 _log = logging.getLogger("threadlock.inbox")
+
+
+def _in_a_thread(handler: Callable[[SyncBatch], object]) -> Handler:
+    """The async handler of a sweep pass that runs the blocking ``handler`` in a worker
+    thread with the batch as a :class:`SyncBatch`."""
+
+    async def in_a_thread(batch: Batch) -> object:
+        return await anyio.to_thread.run_sync(handler, SyncBatch(batch))
+
+    return in_a_thread
 
 
 class SyncBatch:
@@ -256,24 +265,12 @@ class Inbox:
         ``handler(batch)``: it runs in a worker thread while the pass owns each stranded key
         (ack on return, a failed attempt on an exception, fenced). Returns how many batches
         ``handler`` completed."""
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-
-        async def in_a_thread(batch: Batch) -> object:
-            return await anyio.to_thread.run_sync(handler, SyncBatch(batch))
-
-        sweep = functools.partial(
-            self.aio.sweep,
-            in_a_thread,
-            strategy=strategy,
-            debounce=debounce,
-            max_wait=max_wait,
-            max_batch=max_batch,
-            ttl=ttl,
-            max_attempts=max_attempts,
-            limit=limit,
+        aio = self.aio
+        settings = aio._sweep_settings(
+            handler, strategy, debounce, max_wait, max_batch, ttl, max_attempts
         )
-        return _runtime.run(sweep)
+        count = _check_count(limit, "limit")
+        return _runtime.run(aio._sweep_pass, _in_a_thread(handler), settings, count)
 
     def serve(
         self,
@@ -293,16 +290,12 @@ class Inbox:
         if not isinstance(stop, threading.Event):
             raise TypeError(f"stop must be a threading.Event, not {type(stop).__name__}")
         pause = check_positive(interval, "interval")
+        settings = self.aio._sweep_settings(
+            handler, strategy, debounce, max_wait, max_batch, ttl, max_attempts
+        )
+        in_a_thread = _in_a_thread(handler)
         while not stop.is_set():
-            self.sweep(
-                handler,
-                strategy=strategy,
-                debounce=debounce,
-                max_wait=max_wait,
-                max_batch=max_batch,
-                ttl=ttl,
-                max_attempts=max_attempts,
-            )
+            _runtime.run(self.aio._sweep_pass, in_a_thread, settings, 100)
             stop.wait(pause)
 
     def __repr__(self) -> str:

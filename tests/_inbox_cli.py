@@ -48,9 +48,48 @@ async def check_reports(args: list[str], capsys: pytest.CaptureFixture[str]) -> 
         "pending": 3,
         "dead_letters": 1,
         "stranded": [{"key": "stranded", "pending": 1}],
+        "truncated": False,
     }
     assert await anyio.to_thread.run_sync(main, ["recover", "--inbox", *args]) == EXIT_OK
     assert capsys.readouterr().out == (
         "inbox: 3 messages pending, 1 dead letter, over 3 keys\n"
         "inbox stranded (pending, no live lease): 1  stranded (1)\n"
     )
+
+
+async def check_truncated_reports(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--limit`` below the scene's 3 keys: the reports say that they are cut, never
+    silently: a ``truncated`` flag in JSON, a line in text, a warning on stderr for the
+    status list."""
+    code = await anyio.to_thread.run_sync(
+        main, ["status", "--inbox", *args, "--json", "--limit", "2"]
+    )
+    assert code == EXIT_OK
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [
+        {"key": "dead", "pending": 0, "dead_letters": 1},
+        {"key": "live", "pending": 2, "dead_letters": 0},
+    ]
+    assert "more than 2 keys" in err
+    code = await anyio.to_thread.run_sync(
+        main, ["recover", "--inbox", *args, "--json", "--limit", "2"]
+    )
+    assert code == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {
+        "keys": 2,
+        "pending": 2,
+        "dead_letters": 1,
+        "stranded": [],
+        "truncated": True,
+    }
+    code = await anyio.to_thread.run_sync(main, ["recover", "--inbox", *args, "--limit", "2"])
+    assert code == EXIT_OK
+    assert capsys.readouterr().out == (
+        "inbox: 2 messages pending, 1 dead letter, over 2 keys\n"
+        "inbox stranded (pending, no live lease): 0\n"
+        "inbox: more than 2 keys; the lines above cover the first 2 (raise --limit)\n"
+    )
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error
+        await anyio.to_thread.run_sync(main, ["recover", "--inbox", *args, "--limit", "0"])
+    assert exited.value.code == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err

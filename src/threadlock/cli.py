@@ -147,9 +147,31 @@ def _print_table(rows: list[dict[str, object]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
 
 
-async def _inbox_rows(lock: BaseThreadLock) -> list[dict[str, object]] | None:
-    """Per key, the inbox's pending messages and dead letters; ``None`` if the backend's
-    inbox store cannot list them (it is no :class:`~threadlock.inbox.SummaryStore`)."""
+#: How many inbox keys ``status --inbox`` and ``recover`` list by default (``--limit``).
+INBOX_LIMIT = 1000
+
+#: How many keys ``recover`` inspects at once when it looks for live leases.
+_INSPECT_AT_ONCE = 16
+
+
+def _inbox_limit(value: str) -> int:
+    """``--limit``: a whole number >= 1."""
+    try:
+        limit = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--limit must be a whole number, got {value!r}") from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be >= 1, got {limit}")
+    return limit
+
+
+async def _inbox_rows(
+    lock: BaseThreadLock, limit: int = INBOX_LIMIT
+) -> tuple[list[dict[str, object]], bool] | None:
+    """Per key (the first ``limit`` by key), the inbox's pending messages and dead letters,
+    and whether there are more keys than ``limit`` (one more row is asked for, so a cut is
+    always known); ``None`` if the backend's inbox store cannot list them (it is no
+    :class:`~threadlock.inbox.SummaryStore`)."""
     from threadlock.inbox.store import SummaryStore, store_for
 
     try:
@@ -158,33 +180,58 @@ async def _inbox_rows(lock: BaseThreadLock) -> list[dict[str, object]] | None:
         return None
     if not isinstance(store, SummaryStore):
         return None
-    return [
+    found = await store.summary(limit + 1)
+    rows: list[dict[str, object]] = [
         {"key": key, "pending": pending, "dead_letters": dead}
-        for key, pending, dead in await store.summary()
+        for key, pending, dead in found[:limit]
     ]
+    return rows, len(found) > limit
 
 
-async def _inbox_report(lock: BaseThreadLock) -> dict[str, Any] | None:
+async def _without_live_lease(lock: BaseThreadLock, keys: list[str]) -> set[str]:
+    """Those of ``keys`` with no live lease: inspected up to :data:`_INSPECT_AT_ONCE` at a
+    time, not one after the other."""
+    free: set[str] = set()
+    limiter = anyio.CapacityLimiter(_INSPECT_AT_ONCE)
+
+    async def inspect(key: str) -> None:
+        async with limiter:
+            if await lock.inspect(key) is None:
+                free.add(key)
+
+    async with anyio.create_task_group() as tg:
+        for key in keys:
+            tg.start_soon(inspect, key)
+    return free
+
+
+async def _inbox_report(lock: BaseThreadLock, limit: int = INBOX_LIMIT) -> dict[str, Any] | None:
     """What ``recover`` says of the inbox: totals, and the stranded keys (pending messages,
     no live lease: their owner died mid-batch; a worker running ``inbox.serve()`` answers
-    them). ``None`` if the backend's inbox store cannot list its keys."""
-    rows = await _inbox_rows(lock)
-    if rows is None:
+    them), over the first ``limit`` keys (``truncated`` says there are more). ``None`` if the
+    backend's inbox store cannot list its keys."""
+    listed = await _inbox_rows(lock, limit)
+    if listed is None:
         return None
+    rows, truncated = listed
+    free = await _without_live_lease(lock, [str(row["key"]) for row in rows if row["pending"]])
     stranded = [
-        {"key": row["key"], "pending": row["pending"]}
-        for row in rows
-        if row["pending"] and await lock.inspect(str(row["key"])) is None
+        {"key": row["key"], "pending": row["pending"]} for row in rows if row["key"] in free
     ]
     return {
         "keys": len(rows),
         "pending": sum(int(str(row["pending"])) for row in rows),
         "dead_letters": sum(int(str(row["dead_letters"])) for row in rows),
         "stranded": stranded,
+        "truncated": truncated,
     }
 
 
-def _print_inbox_report(report: dict[str, Any]) -> None:
+def _cut_note(limit: int) -> str:
+    return f"inbox: more than {limit} keys; the lines above cover the first {limit} (raise --limit)"
+
+
+def _print_inbox_report(report: dict[str, Any], limit: int) -> None:
     print(
         f"inbox: {_plural(report['pending'], 'message', 'messages')} pending, "
         f"{_plural(report['dead_letters'], 'dead letter', 'dead letters')}, "
@@ -195,26 +242,33 @@ def _print_inbox_report(report: dict[str, Any]) -> None:
         f"inbox stranded (pending, no live lease): {len(stranded)}"
         + "".join(f"  {row['key']} ({row['pending']})" for row in stranded)
     )
+    if report["truncated"]:
+        print(_cut_note(limit))
 
 
 async def _status(args: argparse.Namespace) -> int:
     options = {} if args.table is None else {"table": args.table}
     async with _backend(_shared_url(args.url, "status"), **options) as lock:
         if args.inbox:
-            inbox = await _inbox_rows(lock)
-            if inbox is None:
+            listed = await _inbox_rows(lock, args.limit)
+            if listed is None:
                 print(
                     "threadlock: status --inbox needs a backend whose inbox store lists its "
                     "keys (Redis, Postgres)",
                     file=sys.stderr,
                 )
                 return EXIT_USAGE
+            inbox, truncated = listed
             if args.json:
                 print(json.dumps(inbox, indent=2))
+                if truncated:  # the list stays a list: the cut is said on stderr
+                    print(f"threadlock: status --inbox: {_cut_note(args.limit)}", file=sys.stderr)
             elif not inbox:
                 print("no inbox messages pending or dead")
             else:
                 _print_table(inbox)
+                if truncated:
+                    print(_cut_note(args.limit))
             return EXIT_OK
         infos = await lock.held()
     rows = _status_rows(infos, time.time())
@@ -305,7 +359,7 @@ async def _recover(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             concurrency=args.concurrency,
         )
-        inbox = await _inbox_report(lock)
+        inbox = await _inbox_report(lock, args.limit)
     if args.json:
         print(json.dumps({**report.as_dict(), "inbox": inbox}, indent=2))
     else:
@@ -322,14 +376,14 @@ async def _recover(args: argparse.Namespace) -> int:
         for run_id, error in report.errors:
             print(f"error: {run_id}: {error}")
         if inbox is not None:
-            _print_inbox_report(inbox)
+            _print_inbox_report(inbox, args.limit)
     return EXIT_PROBLEM if report.errors else EXIT_OK
 
 
 async def _recover_inbox(url: str, options: dict[str, Any], args: argparse.Namespace) -> int:
     """``recover --inbox``: only the inbox part, without OpenAI (no key needed)."""
     async with _backend(url, **options) as lock:
-        inbox = await _inbox_report(lock)
+        inbox = await _inbox_report(lock, args.limit)
     if inbox is None:
         print(
             "threadlock: recover --inbox needs a backend whose inbox store lists its keys "
@@ -340,7 +394,7 @@ async def _recover_inbox(url: str, options: dict[str, Any], args: argparse.Names
     if args.json:
         print(json.dumps(inbox, indent=2))
     else:
-        _print_inbox_report(inbox)
+        _print_inbox_report(inbox, args.limit)
     return EXIT_OK
 
 
@@ -409,6 +463,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list the inbox instead: pending messages and dead letters per key",
     )
+    status.add_argument(
+        "--limit",
+        type=_inbox_limit,
+        default=INBOX_LIMIT,
+        help=f"with --inbox: list at most this many keys, and say so if there are more "
+        f"({INBOX_LIMIT})",
+    )
     status.add_argument("--table", help="Postgres lease table (default: threadlock_leases)")
     status.set_defaults(handler=_status)
 
@@ -442,6 +503,13 @@ def _parser() -> argparse.ArgumentParser:
         "--inbox",
         action="store_true",
         help="only the inbox report (stranded keys, pending, dead letters); no OpenAI key",
+    )
+    recover.add_argument(
+        "--limit",
+        type=_inbox_limit,
+        default=INBOX_LIMIT,
+        help=f"the inbox report covers at most this many keys, and says so if there are "
+        f"more ({INBOX_LIMIT})",
     )
     recover.add_argument("--table", help="Postgres lease table (default: threadlock_leases)")
     recover.set_defaults(handler=_recover, client_factory=_openai_client)

@@ -9,7 +9,7 @@ import sys
 import anyio
 import anyio.to_thread
 import pytest
-from tests._inbox_cli import check_reports, scene
+from tests._inbox_cli import check_reports, check_truncated_reports, scene
 from tests.conftest import postgres_lock
 
 from threadlock import Inbox
@@ -87,4 +87,5 @@ async def test_status_and_recover_inbox(
     async with postgres_lock(pg_dsn, pg_table) as lock:
         live = await scene(lock)
         await check_reports(["--url", pg_dsn, "--table", pg_table], capsys)
+        await check_truncated_reports(["--url", pg_dsn, "--table", pg_table], capsys)
         await lock.release(live)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tests._inbox_cli import check_reports, scene
+from tests._inbox_cli import check_reports, check_truncated_reports, scene
 
 from threadlock.backends.redis import RedisThreadLock
 from threadlock.cli import EXIT_OK, EXIT_PROBLEM, main
@@ -146,6 +146,7 @@ async def test_status_and_recover_inbox(
     async with RedisThreadLock.from_url(redis_url, prefix=prefix) as lock:
         live = await scene(lock)
         await check_reports(["--url", url], capsys)
+        await check_truncated_reports(["--url", url], capsys)
         await lock.release(live)
 
 
@@ -155,6 +156,12 @@ def test_recover_reports_the_inbox_after_the_runs(
     fake = FakeOpenAI()
     assert main(["recover", "--url", url, "--json"], openai_client=lambda a: fake.client()) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["inbox"] == {"keys": 0, "pending": 0, "dead_letters": 0, "stranded": []}
+    assert report["inbox"] == {
+        "keys": 0,
+        "pending": 0,
+        "dead_letters": 0,
+        "stranded": [],
+        "truncated": False,
+    }
     assert main(["recover", "--url", url], openai_client=lambda a: fake.client()) == 0
     assert "inbox stranded (pending, no live lease): 0\n" in capsys.readouterr().out

@@ -344,3 +344,46 @@ def test_server_cost_counts_script_internal_calls_but_not_their_time_twice(bench
     cost = server_cost({}, both, {"evalsha": 1, "set": 1})
     assert cost.usec == 12
     assert cost.mixed == ("set",)
+
+
+def test_issue14_goals_show_peer_bound_floor_and_whether_the_floor_meets_the_bound(
+    bench: Any,
+) -> None:
+    from benchmarks.issue14 import Goal, Val, derive, evaluate_goals
+
+    metrics: dict[str, dict[str, dict[str, float]]] = {
+        "RC": {
+            "lock": {"acquire_server_calls": 4.0, "release_server_calls": 4.0, "us": 80.0},
+            "peer": {"acquire_server_calls": 1.0, "release_server_calls": 3.0, "us": 20.0},
+            "floor": {"acquire_server_calls": 3.0, "release_server_calls": 3.0, "us": 40.0},
+        },
+        "S1": {"memory": {"pair_p50_us": 15.0}, "memory-hold": {"pair_p50_us": 215.0}},
+    }
+    derive(metrics)
+    assert metrics["RC"]["lock"]["pair_server_calls"] == 8.0
+    assert metrics["G"]["memory-hold"]["hold_overhead_p50_ms"] == 0.2
+    goals = [
+        Goal(
+            "us <= 1.5x peer",
+            Val("RC", "lock", "us"),
+            "<=",
+            1.5,
+            peer=Val("RC", "peer", "us"),
+            relative=True,
+            floor=Val("RC", "floor", "us"),
+        ),
+        Goal("calls <= 8", Val("RC", "lock", "pair_server_calls"), "<=", 8.0),
+        Goal("reported", Val("RC", "lock", "us"), None, 0.0, floor=Val("RC", "floor", "us")),
+        Goal("absent peer", Val("RC", "lock", "us"), "<=", 1.0, Val("RC", "x", "us"), True),
+    ]
+    rows = {r["goal"]: r for r in evaluate_goals(metrics, goals)}
+    first = rows["us <= 1.5x peer"]
+    assert (first["measured"], first["peer"], first["bound"], first["floor"]) == (80, 20, 30, 40)
+    assert first["status"] == "MISS"
+    assert first["floor_status"] == "MISS"  # the floor itself cannot meet the bound
+    assert rows["calls <= 8"]["status"] == "PASS"
+    assert rows["calls <= 8"]["floor_status"] is None
+    assert rows["reported"]["status"] == "REPORT"
+    assert rows["reported"]["bound"] is None
+    assert rows["absent peer"]["status"] == "SKIP"
+    assert "x RC us" in rows["absent peer"]["reason"]

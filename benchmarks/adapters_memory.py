@@ -7,11 +7,17 @@
   (asyncio only). Its waiters queue FIFO, but a release only wakes the head waiter, which
   takes the lock when it next runs (no direct hand-off), and the dict is never pruned.
 * ``anyio-lock``: a ``dict`` of ``anyio.Lock``, for reference on trio too.
+* ``memory-lease-floor``: the floor of any acquire that returns a fenced lease: the
+  ``asyncio-lock`` pair plus building one :class:`threadlock.Lease` (a token, a fence, two
+  clock reads) per acquire, and nothing else (no validation, no observer, no expiry). Issue
+  14's "S1 >= 0.5x a dict of asyncio.Locks" is measured beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -21,7 +27,13 @@ from benchmarks.adapter import AdapterConfig, Capabilities, register_adapter
 from benchmarks.targets import Ref, Target, register_targets
 from threadlock import Lease, MemoryThreadLock
 
-__all__ = ["AnyioLockAdapter", "AsyncioLockAdapter", "MemoryAdapter", "MemoryHoldAdapter"]
+__all__ = [
+    "AnyioLockAdapter",
+    "AsyncioLockAdapter",
+    "LeaseFloorAdapter",
+    "MemoryAdapter",
+    "MemoryHoldAdapter",
+]
 
 
 class MemoryAdapter:
@@ -105,6 +117,33 @@ class AsyncioLockAdapter(_DictOfLocksAdapter):
         return asyncio.Lock()
 
 
+class LeaseFloorAdapter(_DictOfLocksAdapter):
+    name = "memory-lease-floor"
+    capabilities = Capabilities(exclusive=True, fifo=False, loops=frozenset({"asyncio"}))
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config)
+        self._ttl = float(config.get("memory_ttl", "30") or 30)
+        self._fences = itertools.count(1)
+
+    def make_lock(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
+    async def acquire(self, key: str) -> tuple[asyncio.Lock, Lease]:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = self.make_lock()
+        await lock.acquire()
+        fence = next(self._fences)
+        now = time.time()
+        time.monotonic()  # the backend reads both clocks: wall for the lease, monotonic for expiry
+        lease = Lease(key, f"t{fence}", fence, self._ttl, now, now + self._ttl)
+        return lock, lease
+
+    async def release(self, handle: tuple[asyncio.Lock, Lease]) -> None:
+        handle[0].release()
+
+
 class AnyioLockAdapter(_DictOfLocksAdapter):
     name = "anyio-lock"
     capabilities = Capabilities(exclusive=True, fifo=True)
@@ -117,6 +156,11 @@ register_adapter("memory", MemoryAdapter, description="MemoryThreadLock acquire/
 register_adapter("memory-hold", MemoryHoldAdapter, description="MemoryThreadLock via hold()")
 register_adapter("asyncio-lock", AsyncioLockAdapter, description="dict of asyncio.Lock")
 register_adapter("anyio-lock", AnyioLockAdapter, description="dict of anyio.Lock")
+register_adapter(
+    "memory-lease-floor",
+    LeaseFloorAdapter,
+    description="floor: dict of asyncio.Lock + one Lease built per acquire",
+)
 
 #: The memory backend's goals from issue 2, against the asyncio.Lock baseline.
 BASELINE = Ref("asyncio-lock")

@@ -4,6 +4,12 @@
 * ``redis-ping``: the floor, one ``PING`` round trip per pair (no exclusion).
 * ``redis-setnx``: the raw floor of a lock: ``SET key token NX PX`` to take it, ``EVALSHA``
   compare-and-delete to release; a busy key is retried after 1 ms (no queue, no hand-off).
+* ``redis-script-floor``: the floor of a *script-based lock with a TTL and a fence*: one
+  ``EVALSHA`` to acquire (``GET``, then ``SET token+fence PX``) and one to release
+  (``GET``, then ``SET`` of an ``F <fence>`` marker with ``PX``, so the next fence is
+  higher), one key per lock, no queue and no hand-off (a busy key is retried after 1 ms).
+  It is the cheapest pair of scripts we found that still hands out fences; RC measures its
+  server time beside threadlock's and redis-py's (issue 14).
 * ``redis-py-lock``: redis-py's ``redis.asyncio.lock.Lock`` with its default ``sleep=0.1``.
 
 The peers that need extra packages (python-redis-lock, pottery) are in
@@ -30,7 +36,16 @@ from benchmarks.targets import Ref, Target, register_targets
 from threadlock import Lease
 from threadlock.backends.redis import RedisThreadLock
 
-__all__ = ["PingAdapter", "RedisAdapter", "RedisPyLockAdapter", "SetNxAdapter", "redis_url"]
+__all__ = [
+    "FLOOR_ACQUIRE",
+    "FLOOR_RELEASE",
+    "PingAdapter",
+    "RedisAdapter",
+    "RedisPyLockAdapter",
+    "ScriptFloorAdapter",
+    "SetNxAdapter",
+    "redis_url",
+]
 
 ASYNCIO = frozenset({"asyncio"})
 TTL = 30.0
@@ -40,6 +55,29 @@ _SERVER: Any = None
 _CAD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+#: The floor's acquire: KEYS[1] lease; ARGV token (hex, never starts with "F"), PX ms.
+#: Returns the fence, or 0 when the key is held.
+FLOOR_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+local fence = 1
+if v then
+  if string.byte(v, 1) ~= 70 then return 0 end
+  fence = tonumber(string.sub(v, 3)) + 1
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
+return fence
+"""
+
+#: The floor's release: leaves an ``F <fence>`` marker (with PX) so fences keep rising.
+FLOOR_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local sp = string.find(v, ' ', 1, true)
+if not sp or string.sub(v, 1, sp - 1) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 'F ' .. string.sub(v, sp + 1), 'PX', ARGV[2])
+return 1
 """
 
 
@@ -140,6 +178,27 @@ class SetNxAdapter(_ClientAdapter):
         await self._cad(keys=[handle[0]], args=[handle[1]])
 
 
+class ScriptFloorAdapter(_ClientAdapter):
+    name = "redis-script-floor"
+    capabilities = RedisCapabilities(exclusive=True, fifo=False, loops=ASYNCIO)
+
+    async def setup(self) -> None:
+        await super().setup()
+        self._acquire = self.client.register_script(FLOOR_ACQUIRE)
+        self._release = self.client.register_script(FLOOR_RELEASE)
+
+    async def acquire(self, key: str) -> tuple[str, str, int]:
+        name = f"{self._prefix}:{key}"
+        token = secrets.token_hex(16)
+        px = int(TTL * 1000)
+        while not (fence := int(await self._acquire(keys=[name], args=[token, px]))):
+            await anyio.sleep(0.001)
+        return name, token, fence
+
+    async def release(self, handle: tuple[str, str, int]) -> None:
+        await self._release(keys=[handle[0]], args=[handle[1], int(TTL * 1000)])
+
+
 class RedisPyLockAdapter(_ClientAdapter):
     name = "redis-py-lock"
     capabilities = RedisCapabilities(exclusive=True, fifo=False, loops=ASYNCIO)
@@ -156,6 +215,11 @@ class RedisPyLockAdapter(_ClientAdapter):
 register_adapter("redis", RedisAdapter, description="RedisThreadLock acquire/release")
 register_adapter("redis-ping", PingAdapter, description="floor: one PING")
 register_adapter("redis-setnx", SetNxAdapter, description="floor: SET NX PX + EVALSHA delete")
+register_adapter(
+    "redis-script-floor",
+    ScriptFloorAdapter,
+    description="floor: EVALSHA GET+SET PX acquire, EVALSHA GET+SET fence-marker release",
+)
 register_adapter("redis-py-lock", RedisPyLockAdapter, description="redis.asyncio.lock.Lock")
 
 #: Issue 3's goals.

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from benchmarks.adapter import Adapter, Capabilities
 from benchmarks.scenarios import SCENARIOS, Context, Raw, Scenario, Settings
 
-__all__ = ["RedisCapabilities", "RedisCommands", "server_url"]
+__all__ = ["RedisCapabilities", "RedisCommands", "ServerCost", "server_cost", "server_url"]
 
 #: Commands the measuring side itself sends; never counted.
 _OWN = {"info", "echo", "monitor", "client", "config", "hello"}
@@ -70,6 +70,61 @@ def server_url(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class ServerCost:
+    """What ``INFO commandstats`` deltas say about some work, without double counting.
+
+    Attributes:
+        calls: every command the server executed, script-internal ones included.
+        usec: server time of the top-level commands only (the ones clients sent). A script's
+            ``usec`` already holds the calls its script makes, so the rows of those calls are
+            not added again.
+        mixed: commands that clients sent *and* scripts called; their row cannot be split,
+            so their ``usec`` is shared out by calls (an estimate). Empty for every lock the
+            harness measures today.
+    """
+
+    calls: int
+    usec: float
+    mixed: tuple[str, ...] = ()
+
+
+def server_cost(
+    before: Mapping[str, Mapping[str, Any]],
+    after: Mapping[str, Mapping[str, Any]],
+    sent: Mapping[str, int],
+    *,
+    ignore: frozenset[str] | set[str] = frozenset(),
+) -> ServerCost:
+    """The :class:`ServerCost` between two ``INFO commandstats`` readings.
+
+    ``before``/``after`` map a command (``evalsha``, ``set``, ``client|setname``; a
+    ``cmdstat_`` prefix is dropped) to its ``calls`` and ``usec``; ``sent`` counts the
+    commands the clients sent, by lower-case name. Commands in ``ignore`` (the measuring
+    side's own) are left out.
+    """
+    calls = 0
+    usec = 0.0
+    mixed = []
+    for raw, stats in after.items():
+        name = raw.removeprefix("cmdstat_")
+        if name.split("|", 1)[0] in ignore:
+            continue
+        old = before.get(raw, {})
+        d_calls = int(stats["calls"]) - int(old.get("calls", 0))
+        d_usec = int(stats["usec"]) - int(old.get("usec", 0))
+        calls += d_calls
+        top = sent.get(name, 0)
+        if name in _TOP_LEVEL_SCRIPTS:
+            usec += d_usec  # a script is always top level; its usec holds its calls
+        elif top and d_calls > top:
+            mixed.append(name)
+            usec += d_usec * top / d_calls
+        elif top:
+            usec += d_usec
+    return ServerCost(calls, usec, tuple(sorted(mixed)))
+
+
 class _Counts:
     """What the server saw while ``work`` ran.
 
@@ -83,7 +138,7 @@ class _Counts:
         self._url = url
         self.sent: Counter[str] = Counter()  # by command, sent by clients
         self.calls = 0  # every call the server executed (commandstats)
-        self.usec = 0  # server time in the commands clients sent (commandstats)
+        self.usec = 0.0  # server time in the commands clients sent (commandstats)
 
     @staticmethod
     async def _stats(client: aioredis.Redis) -> dict[str, dict[str, Any]]:
@@ -100,15 +155,8 @@ class _Counts:
             after = await self._stats(client)
         finally:
             await client.aclose()
-        for name, stats in after.items():
-            if name.split("|", 1)[0] in _OWN:
-                continue
-            old = before.get(name, {})
-            self.calls += int(stats["calls"]) - int(old.get("calls", 0))
-            # Time of the commands the clients sent; a script's own usec already holds the
-            # calls it made.
-            if name in self.sent or name in _TOP_LEVEL_SCRIPTS:
-                self.usec += int(stats["usec"]) - int(old.get("usec", 0))
+        cost = server_cost(before, after, self.sent, ignore=_OWN)
+        self.calls, self.usec = cost.calls, cost.usec
 
     async def _monitored(
         self, client: aioredis.Redis, work: Callable[[str], Awaitable[None]]

@@ -312,3 +312,78 @@ def test_inbox_quick_run_answers_every_message_and_kills_an_owner_on_postgres(
     md = (tmp_path / "inbox.md").read_text(encoding="utf-8")
     assert md.startswith("# Benchmark results: inbox")
     assert "| postgres | messages lost, an owner SIGKILLed mid-batch | 0 | = 0 | PASS |" in md
+
+
+def test_server_cost_counts_script_internal_calls_but_not_their_time_twice(bench: Any) -> None:
+    from benchmarks.redis_commands import server_cost
+
+    before = {"cmdstat_evalsha": {"calls": 10, "usec": 100}, "cmdstat_info": {"calls": 1}}
+    after = {
+        # two EVALSHA whose scripts ran 2 GET and 2 SET: their 12 µs are inside the 60
+        "cmdstat_evalsha": {"calls": 12, "usec": 160},
+        "cmdstat_get": {"calls": 2, "usec": 5},
+        "cmdstat_set": {"calls": 2, "usec": 7},
+        "cmdstat_info": {"calls": 3, "usec": 50},
+        "cmdstat_client|setname": {"calls": 1, "usec": 3},
+    }
+    cost = server_cost(before, after, {"evalsha": 2}, ignore={"info", "client"})
+    assert (cost.calls, cost.usec, cost.mixed) == (6, 60, ())
+
+    # redis-py's Lock: SET NX sent by the client, GET + DEL inside its release script
+    peer = {
+        "set": {"calls": 1, "usec": 3},
+        "evalsha": {"calls": 1, "usec": 9},
+        "get": {"calls": 1, "usec": 1},
+        "del": {"calls": 1, "usec": 2},
+    }
+    cost = server_cost({}, peer, {"set": 1, "evalsha": 1})
+    assert (cost.calls, cost.usec) == (4, 12)
+
+    # a command both sent and run by scripts: its row is shared out by calls, and flagged
+    both = {"evalsha": {"calls": 1, "usec": 10}, "set": {"calls": 4, "usec": 8}}
+    cost = server_cost({}, both, {"evalsha": 1, "set": 1})
+    assert cost.usec == 12
+    assert cost.mixed == ("set",)
+
+
+def test_issue14_goals_show_peer_bound_floor_and_whether_the_floor_meets_the_bound(
+    bench: Any,
+) -> None:
+    from benchmarks.issue14 import Goal, Val, derive, evaluate_goals
+
+    metrics: dict[str, dict[str, dict[str, float]]] = {
+        "RC": {
+            "lock": {"acquire_server_calls": 4.0, "release_server_calls": 4.0, "us": 80.0},
+            "peer": {"acquire_server_calls": 1.0, "release_server_calls": 3.0, "us": 20.0},
+            "floor": {"acquire_server_calls": 3.0, "release_server_calls": 3.0, "us": 40.0},
+        },
+        "S1": {"memory": {"pair_p50_us": 15.0}, "memory-hold": {"pair_p50_us": 215.0}},
+    }
+    derive(metrics)
+    assert metrics["RC"]["lock"]["pair_server_calls"] == 8.0
+    assert metrics["G"]["memory-hold"]["hold_overhead_p50_ms"] == 0.2
+    goals = [
+        Goal(
+            "us <= 1.5x peer",
+            Val("RC", "lock", "us"),
+            "<=",
+            1.5,
+            peer=Val("RC", "peer", "us"),
+            relative=True,
+            floor=Val("RC", "floor", "us"),
+        ),
+        Goal("calls <= 8", Val("RC", "lock", "pair_server_calls"), "<=", 8.0),
+        Goal("reported", Val("RC", "lock", "us"), None, 0.0, floor=Val("RC", "floor", "us")),
+        Goal("absent peer", Val("RC", "lock", "us"), "<=", 1.0, Val("RC", "x", "us"), True),
+    ]
+    rows = {r["goal"]: r for r in evaluate_goals(metrics, goals)}
+    first = rows["us <= 1.5x peer"]
+    assert (first["measured"], first["peer"], first["bound"], first["floor"]) == (80, 20, 30, 40)
+    assert first["status"] == "MISS"
+    assert first["floor_status"] == "MISS"  # the floor itself cannot meet the bound
+    assert rows["calls <= 8"]["status"] == "PASS"
+    assert rows["calls <= 8"]["floor_status"] is None
+    assert rows["reported"]["status"] == "REPORT"
+    assert rows["reported"]["bound"] is None
+    assert rows["absent peer"]["status"] == "SKIP"
+    assert "x RC us" in rows["absent peer"]["reason"]

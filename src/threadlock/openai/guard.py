@@ -28,7 +28,7 @@ from threadlock._lazy import load_lazily
 from threadlock._lease import Lease
 from threadlock._validate import check_key, check_timeout, check_ttl
 from threadlock.errors import LeaseLost, ThreadBusy
-from threadlock.observe import Observer, backend_kind, observer_of
+from threadlock.observe import backend_kind, observer_of
 from threadlock.openai._clients import no_retries
 from threadlock.openai._recorded import create_recorded
 from threadlock.openai._threaded import ThreadedClient
@@ -36,9 +36,9 @@ from threadlock.openai.runs import (
     ACTIVE_RESPONSE_STATUSES,
     Backoff,
     is_conversation_locked,
-    poll_delay,
     sleep_within,
     status_of,
+    wait_until_done,
 )
 from threadlock.openai.streaming import GuardedStream, GuardedStreamManager, TurnStreams
 from threadlock.protocol import ChainStore, RunKind, RunRecord, RunRegistry, ThreadLock
@@ -65,9 +65,6 @@ __all__ = [
 #: The metadata key the guard sets on every run it creates, to find it again after a lost
 #: response instead of creating a second one.
 RUN_TOKEN_METADATA = "threadlock_token"  # noqa: S105 - a metadata key, not a secret
-
-_RUN_WAITING_LOG_EVERY = 5.0  # seconds between two ``run.waiting`` log lines for one wait
-_RUN_EXPIRY_SLACK = 5.0  # seconds past a run's expires_at before waiting for it stops
 
 
 # Lock classes that passed _check_registry (or, second item, the ChainStore check too): an
@@ -284,44 +281,6 @@ class _Guard(Generic[TurnT]):
         self._end_scope(exc_type, exc, tb)
 
 
-async def _wait_until_done(
-    fetch: Any,
-    *,
-    what: str,
-    key: str,
-    active: frozenset[str],
-    deadline: float | None,
-    observer: Observer,
-    expires_at: float | None = None,
-) -> Any:
-    """Poll ``fetch()`` (a raw-response call) until the status leaves ``active``.
-
-    It sleeps by the ``openai-poll-after-ms`` hint, else backs off 0.5 -> 2 s with jitter, and
-    stops at ``deadline`` (returning the last object seen) or a while after ``expires_at``.
-    """
-    backoff = Backoff(0.5, 2.0)
-    if expires_at is not None:
-        until_expiry = expires_at - time.time() + _RUN_EXPIRY_SLACK
-        expiry_deadline = anyio.current_time() + max(0.0, until_expiry)
-        deadline = expiry_deadline if deadline is None else min(deadline, expiry_deadline)
-    started = anyio.current_time()
-    logged = started - _RUN_WAITING_LOG_EVERY
-    while True:
-        raw = await fetch()
-        obj = raw.parse()
-        status = status_of(obj)
-        if status not in active:
-            return obj
-        now = anyio.current_time()
-        if now - logged >= _RUN_WAITING_LOG_EVERY:
-            logged = now
-            observer.run_waiting(
-                key, what, str(getattr(obj, "id", "?")), str(status), now - started
-            )
-        if not await sleep_within(poll_delay(raw.headers, backoff.next_delay()), deadline):
-            return obj
-
-
 # -- Responses + Conversations -------------------------------------------------------------
 
 
@@ -500,7 +459,7 @@ class ConversationTurn(_Turn):
         A response that ended is removed from the run registry.
         """
         response_id = response if isinstance(response, str) else response.id
-        done: Response = await _wait_until_done(
+        done: Response = await wait_until_done(
             lambda: self._client.responses.with_raw_response.retrieve(response_id),
             what="response",
             key=self._key,
@@ -589,7 +548,7 @@ class ConversationGuard(_Guard[ConversationTurn]):
             if record.kind != "response":
                 continue
             try:
-                done = await _wait_until_done(
+                done = await wait_until_done(
                     lambda rid=record.run_id: self._client.responses.with_raw_response.retrieve(
                         rid
                     ),

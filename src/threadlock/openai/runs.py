@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import openai
+
+if TYPE_CHECKING:
+    from threadlock.observe import Observer
 
 __all__ = [
     "ACTIVE_RESPONSE_STATUSES",
@@ -40,6 +44,9 @@ _ACTIVE_RUN_ERROR = re.compile(
     r"|Thread \S+ already has an active run (?P<b>run_[A-Za-z0-9_-]+)"
 )
 _CANNOT_CANCEL = re.compile(r"Cannot cancel run with status")
+
+_RUN_WAITING_LOG_EVERY = 5.0  # seconds between two ``run.waiting`` log lines for one wait
+_RUN_EXPIRY_SLACK = 5.0  # seconds past a run's expires_at before waiting for it stops
 
 
 def _message(error: BaseException) -> str:
@@ -143,3 +150,41 @@ def status_of(obj: Any) -> str:
     """The ``status`` of a run or response object (``""`` when missing)."""
     status = getattr(obj, "status", None)
     return str(status) if status is not None else ""
+
+
+async def wait_until_done(
+    fetch: Any,
+    *,
+    what: str,
+    key: str,
+    active: frozenset[str],
+    deadline: float | None,
+    observer: Observer,
+    expires_at: float | None = None,
+) -> Any:
+    """Poll ``fetch()`` (a raw-response call) until the status leaves ``active``.
+
+    It sleeps by the ``openai-poll-after-ms`` hint, else backs off 0.5 -> 2 s with jitter, and
+    stops at ``deadline`` (returning the last object seen) or a while after ``expires_at``.
+    """
+    backoff = Backoff(0.5, 2.0)
+    if expires_at is not None:
+        until_expiry = expires_at - time.time() + _RUN_EXPIRY_SLACK
+        expiry_deadline = anyio.current_time() + max(0.0, until_expiry)
+        deadline = expiry_deadline if deadline is None else min(deadline, expiry_deadline)
+    started = anyio.current_time()
+    logged = started - _RUN_WAITING_LOG_EVERY
+    while True:
+        raw = await fetch()
+        obj = raw.parse()
+        status = status_of(obj)
+        if status not in active:
+            return obj
+        now = anyio.current_time()
+        if now - logged >= _RUN_WAITING_LOG_EVERY:
+            logged = now
+            observer.run_waiting(
+                key, what, str(getattr(obj, "id", "?")), str(status), now - started
+            )
+        if not await sleep_within(poll_delay(raw.headers, backoff.next_delay()), deadline):
+            return obj

@@ -24,7 +24,6 @@ from threadlock.openai.guard import (
     _check_registry,
     _Guard,
     _Turn,
-    _wait_until_done,
 )
 from threadlock.openai.runs import (
     ACTIVE_RUN_STATUSES,
@@ -34,6 +33,7 @@ from threadlock.openai.runs import (
     is_retryable,
     sleep_within,
     status_of,
+    wait_until_done,
 )
 from threadlock.protocol import RunRegistry, ThreadLock
 
@@ -71,7 +71,7 @@ class ThreadTurn(_Turn):
         if status_of(first) not in active:
             return first
         expires = getattr(first, "expires_at", None)
-        run: Run = await _wait_until_done(
+        run: Run = await wait_until_done(
             lambda: self._retrieve_raw(run_id),
             what="run",
             key=self._key,

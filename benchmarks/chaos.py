@@ -247,6 +247,9 @@ class ChaosReport:
     stale_after_heal: int = 0  # sections whose lease expired during a partition
     worst_stale_end_after_heal_ms: float = 0.0  # heal -> that body's end (< 0: before the heal)
     failovers: int = 0  # Sentinel: masters killed and replaced
+    # Sentinel: the most +switch-master lines one sentinel logged; more than ``failovers``
+    # means the sentinels failed a live master over on their own (docs/reliability.md)
+    sentinel_switches: int = 0
     fence_regressions_after_failover: int = 0  # fence order broken across a failover
     # RSS (kB) and open client connections, sampled at start, minute 2 and end
     resources: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -274,8 +277,8 @@ class ChaosReport:
             f"{self.worst_stale_end_after_resume_ms:.0f}ms resumed_waiter_double_grants="
             f"{self.resumed_waiter_double_grants}; partitions: stale={self.stale_after_heal} "
             f"worst_stale_end_after_heal={self.worst_stale_end_after_heal_ms:.0f}ms; "
-            f"failovers={self.failovers} fence_regressions="
-            f"{self.fence_regressions_after_failover}",
+            f"failovers={self.failovers} sentinel_switches={self.sentinel_switches} "
+            f"fence_regressions={self.fence_regressions_after_failover}",
             "  resources: "
             + (
                 " ".join(
@@ -714,6 +717,9 @@ class _SentinelTarget:
         self.set.failover()
         return "failover", True
 
+    def save_logs(self, into: Path) -> None:
+        self.set.save_logs(into)
+
     async def prepare(self, namespace: str) -> None:
         return None
 
@@ -1012,6 +1018,15 @@ async def _run_servers(
             if inc.proc.poll() is None:
                 inc.proc.kill()
                 inc.proc.wait()
+        if isinstance(target, _SentinelTarget):
+            target.save_logs(out / "sentinel")
+            report.sentinel_switches = max(
+                (
+                    log.read_text(errors="replace").count("+switch-master")
+                    for log in (out / "sentinel").glob("sentinel-*.log")
+                ),
+                default=0,
+            )
         target.stop()
     (out / "controller.json").write_text(
         json.dumps(
@@ -1418,6 +1433,13 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between two server restarts (fault phases only)",
     )
     add(
+        "--failover-every",
+        type=_range,
+        default=defaults.failover_every,
+        metavar="LOW-HIGH",
+        help="redis-sentinel: seconds from a failover (master SIGKILLed) to the next",
+    )
+    add(
         "--fault-every",
         type=_range,
         default=defaults.fault_every,
@@ -1453,6 +1475,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             kill_every=args.kill_every,
             restart_every=args.restart_every,
+            failover_every=args.failover_every,
             fault_every=args.fault_every,
             stall=args.stall,
             phase=args.phase,

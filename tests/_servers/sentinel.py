@@ -122,6 +122,18 @@ class SentinelSet:
     def pids(self) -> list[int]:
         return [s.process.pid for s in self.servers if s.process is not None]
 
+    def save_logs(self, into: Path) -> None:
+        """Copy every sentinel's and server's log (and the sentinels' rewritten configs) into
+        ``into``: the sentinels log each ``+sdown``, ``+odown``, ``+switch-master`` and
+        ``+convert-to-slave``, so a failover the sentinels made on their own shows there."""
+        into.mkdir(parents=True, exist_ok=True)
+        for path in self.dir.glob("sentinel-*"):
+            shutil.copy(path, into / path.name)
+        for server in self.servers:
+            log = server.dir / "redis.log"
+            if log.exists():
+                shutil.copy(log, into / f"redis-{server.port}.log")
+
     def stop(self) -> None:
         for proc in self.sentinels:
             if proc.poll() is None:

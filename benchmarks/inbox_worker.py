@@ -161,14 +161,22 @@ async def run_worker(spec: WorkerSpec, lock: ThreadLock, client: openai.AsyncOpe
         log.close()
 
 
+#: The lease ttl of the warm-up turn (whatever the run's ttl).
+_WARM_TTL = 30.0
+
+
 async def _warm_up(
     spec: WorkerSpec, lock: ThreadLock, client: openai.AsyncOpenAI, inbox: Inbox | None
 ) -> None:
-    async with guard_conversation(client, spec.warm, lock=lock, ttl=spec.ttl) as turn:
+    # Start-up cost under the default ttl, not the kill run's short one: a cold process on a
+    # loaded machine can miss a 3 s lease's renewals in its first turn (imports, the SDK's
+    # first request), and then never became ready.
+    ttl = max(spec.ttl, _WARM_TTL)
+    async with guard_conversation(client, spec.warm, lock=lock, ttl=ttl) as turn:
         await turn.create(model=MODEL, input="warm-up")
     if inbox is not None:
         key = f"warm-{spec.name}-{os.getpid()}"
-        async with inbox.turns(key, "warm-up", strategy="queue", ttl=spec.ttl) as turns:
+        async with inbox.turns(key, "warm-up", strategy="queue", ttl=ttl) as turns:
             async for _ in turns:
                 pass
 

@@ -496,3 +496,61 @@ async def test_a_locked_stream_open_is_retried_and_events_pass_through() -> None
     refusing = LockedModel(Inner(), _Budget(MemoryThreadLock(), conversation, 30.0), bool)
     with pytest.raises(ThreadLockError, match="turn that has ended"):
         [event async for event in refusing.stream_response()]
+
+
+async def test_model_requests_build_no_client_per_request(
+    lock: ThreadLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With max_retries=0 the SDK asks the model's client for with_options(max_retries=0)
+    # before every request; on a plain client that is a new AsyncOpenAI (and a platform probe
+    # in a worker thread) per request. Through the guard, the guard's models and a caller's
+    # OpenAIProvider alike, it is built once per client, not per request.
+    fake = FakeOpenAI(response_duration=0)
+    client = fake.client(max_retries=2)
+    built: list[dict[str, Any]] = []
+    real_copy = openai.AsyncOpenAI.copy
+
+    def counting_copy(self: openai.AsyncOpenAI, **options: Any) -> openai.AsyncOpenAI:
+        built.append(options)
+        return real_copy(self, **options)
+
+    monkeypatch.setattr(openai.AsyncOpenAI, "copy", counting_copy)
+    monkeypatch.setattr(openai.AsyncOpenAI, "with_options", counting_copy)
+
+    @agents.function_tool
+    def weather() -> str:
+        """Today's weather."""
+        return "sunny"
+
+    agent = _agent(tools=[weather])  # two model requests per run
+    own = agents.RunConfig(
+        model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True)
+    )
+    conversation = fake.add_conversation()
+    for config in (None, own, None, own, None, own):
+        async with guard_conversation(client, conversation, lock=lock) as turn:
+            result = await turn.run_agent(agent, "weather?", run_config=config)
+        assert result.final_output == "Reply to: sunny"
+    assert fake.calls["POST /responses"] == 12
+    assert built == [{"max_retries": 0}]  # the one no-retries copy of the client
+    assert await lock.held() == []
+
+
+async def test_the_sdk_adds_no_client_retries_to_a_callers_provider(lock: ThreadLock) -> None:
+    fake = FakeOpenAI(response_duration=0)
+    client = fake.client(max_retries=2)  # the openai SDK would retry a 500 twice
+    conversation = fake.add_conversation()
+    config = agents.RunConfig(
+        model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True)
+    )
+    for index in range(2):
+        fake.inject("POST", "/responses", status=500)
+        fake.reset_counters()
+        with pytest.raises(openai.InternalServerError):
+            async with guard_conversation(client, conversation, lock=lock) as turn:
+                await turn.run_agent(_agent(), f"t{index}", run_config=config)
+        assert fake.requests == 1
+    async with guard_conversation(client, conversation, lock=lock) as turn:
+        result = await turn.run_agent(_agent(), "ok", run_config=config)
+    assert result.final_output == "Reply to: ok"
+    assert await lock.held() == []

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 try:
     import agents
     from agents.models.interface import Model, ModelProvider
+    from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
     from agents.models.openai_provider import OpenAIProvider
+    from agents.models.openai_responses import OpenAIResponsesModel
     from agents.retry import ModelRetrySettings
 except ImportError as _missing:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
@@ -52,6 +55,7 @@ import openai
 from threadlock._lazy import load_lazily
 from threadlock.errors import LeaseLost, ThreadBusy, ThreadLockError
 from threadlock.observe import backend_kind, observer_of
+from threadlock.openai._clients import no_retries, retry_free
 from threadlock.openai._threaded import ThreadedClient
 from threadlock.openai.guard import ConversationTurn
 from threadlock.openai.runs import Backoff, is_conversation_locked, sleep_within
@@ -138,6 +142,30 @@ class _Budget:
             raise busy from error
 
 
+# The SDK's models whose only client is ``_client`` and that keep no connection of their own
+# (not the websocket model, a subclass): a per-run copy of one is the same model.
+_TWINNABLE = (OpenAIResponsesModel, OpenAIChatCompletionsModel)
+
+
+def _retry_free_twin(model: Model) -> Model:
+    """``model``, or a copy of it whose client is retry-free (see :mod:`._clients`).
+
+    With ``max_retries=0`` in its settings, the SDK's ``_get_client()`` calls
+    ``client.with_options(max_retries=0)`` before every request: a new client each time, and
+    its platform probe in a worker thread. The copy's client is the cached no-retries copy of
+    the model's client, whose ``with_options(max_retries=0)`` is itself, so requests reuse one
+    client. Other models (a caller's own ``Model``, the websocket one) are used as they are.
+    """
+    if type(model) not in _TWINNABLE:
+        return model
+    client = getattr(model, "_client", None)
+    if not isinstance(client, openai.AsyncOpenAI):
+        return model
+    twin = copy.copy(model)
+    twin._client = no_retries(client)  # type: ignore[attr-defined]
+    return twin
+
+
 class LockedModel(Model):
     """An agents ``Model`` whose calls retry ``conversation_locked`` within one budget.
 
@@ -148,6 +176,7 @@ class LockedModel(Model):
         self._inner = inner
         self._budget = budget
         self._is_open = is_open
+        self._target = _retry_free_twin(inner)
 
     @property
     def inner(self) -> Model:
@@ -169,7 +198,7 @@ class LockedModel(Model):
         while True:
             self._check_open()
             try:
-                return await self._inner.get_response(*args, **kwargs)
+                return await self._target.get_response(*args, **kwargs)
             except openai.BadRequestError as error:
                 if not is_conversation_locked(error):
                     raise
@@ -184,7 +213,7 @@ class LockedModel(Model):
         backoff, deadline = self._budget.start()
         while True:
             self._check_open()
-            events = self._inner.stream_response(*args, **kwargs)
+            events = self._target.stream_response(*args, **kwargs)
             try:
                 first = await events.__anext__()
             except StopAsyncIteration:
@@ -286,7 +315,7 @@ def _async_client(client: Any) -> tuple[openai.AsyncOpenAI | None, bool]:
             timeout=sync.timeout,
             max_retries=0,
         )
-        return twin, True
+        return retry_free(twin), True
     return None, False
 
 

@@ -108,7 +108,13 @@ class PostgresAdapter:
                 "_hand_on",
                 "_sweep",
             ):
-                await conn.execute(f'DROP FUNCTION IF EXISTS "{table}{suffix}" CASCADE')
+                # Every overload (advance_chain has two signatures): by signature, not name.
+                found = await conn.execute(
+                    "SELECT oid::regprocedure::text FROM pg_proc WHERE proname = %s",
+                    (f"{table}{suffix}",),
+                )
+                for (signature,) in await found.fetchall():
+                    await conn.execute(f"DROP FUNCTION IF EXISTS {signature} CASCADE")
             await conn.execute(
                 f'DROP TABLE IF EXISTS "{table}", "{table}_waiters", "{table}_runs",'
                 f' "{table}_chains"'

@@ -89,7 +89,8 @@ class PostgresAdapter:
             max_size=POOL_SIZE,
         )
         await self._lock.create_schema()
-        await self._lock._pool.wait()  # all min_size connections up before timing
+        pool = await self._lock._db.ready()  # the backend opens its pool lazily
+        await pool.wait()  # all min_size connections up before timing
 
     async def teardown(self) -> None:
         if self._lock is None:

@@ -22,7 +22,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from threadlock import ThreadBusy
-from threadlock.backends.redis import RedisThreadLock, _digest
+from threadlock.backends.redis import RedisThreadLock
+from threadlock.backends.redis.keys import digest
 from threadlock.testing.registry_conformance import run_record
 
 
@@ -39,7 +40,7 @@ async def _batch(
 
 
 async def _fill(admin: aioredis.Redis, prefix: str, key: str, size: int) -> None:
-    base = f"{prefix}:{{{_digest(key)}}}"
+    base = f"{prefix}:{{{digest(key)}}}"
     seconds, micros = await admin.time()
     start = seconds * 1_000_000 + micros - size
     pipe = admin.pipeline(transaction=False)

@@ -206,6 +206,33 @@ def test_cluster_scale_quick_run_starts_clusters_and_leaves_every_key_with_a_ttl
     assert "keys w/o TTL" in md
 
 
+def test_postgres_adapter_quick_run_measures_every_scenario(tmp_path: Path) -> None:
+    """The ``postgres`` adapter sets up on the backend as it is (it broke when the backend became
+    a package: its setup read a ``_pool`` the lock no longer has)."""
+    from tests._servers.postgres_server import find_bindir
+    from tests.conftest import _unavailable
+
+    if find_bindir() is None:
+        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks", "--quick", "--adapters", "postgres"),
+            *("--scenarios", "S1,S2,S3", "--out", str(tmp_path), "--name", "pg-smoke"),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "pg-smoke.json").read_text(encoding="utf-8"))
+    for scenario in ("S1", "S2", "S3"):
+        cell = doc["scenarios"][scenario]["results"]["postgres"]
+        assert cell["status"] == "ok", cell
+        assert cell["metrics"]
+
+
 def test_postgres_cost_quick_run_counts_statements_round_trips_and_wal(tmp_path: Path) -> None:
     from tests._servers.postgres_server import find_bindir
     from tests.conftest import _unavailable

@@ -66,13 +66,14 @@ async def case(request: pytest.FixtureRequest) -> AsyncIterator[Case]:
 
             yield Case(memory, age_memory, stored_memory)
     elif request.param == "redis":
-        from threadlock.backends.redis import RedisThreadLock, _digest
+        from threadlock.backends.redis import RedisThreadLock
+        from threadlock.backends.redis.keys import digest
 
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
         async with RedisThreadLock.from_url(url, prefix=prefix, **options) as redis:
 
             def name(key: str, part: str) -> str:
-                return f"{redis.prefix}:{{{_digest(key)}}}:{part}"
+                return f"{redis.prefix}:{{{digest(key)}}}:{part}"
 
             async def age_redis(key: str) -> None:
                 for part in ("runs", "chain"):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from threadlock.backends.redis import RedisThreadLock, _waiter_id
+from threadlock.backends.redis import RedisThreadLock
+from threadlock.backends.redis.keys import waiter_id
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +23,7 @@ async def test_an_attempt_that_arrives_after_its_abandon_changes_nothing(
     script = lock._commands.script_unshielded
     names = lock._names("late")
     token = "ab" * 16
-    keys = names.acquire_keys(_waiter_id(token))
+    keys = names.acquire_keys(waiter_id(token))
     assert await script("abandon", keys, b"p", token) == 0
     # The cancelled attempt's bytes reach Redis only now: the free path ...
     reply = await script("acquire", keys, b"pw", token, 30_000, "o", b"late", b"5000")

@@ -13,14 +13,15 @@ import pytest
 
 from _servers.redis_server import RedisServer, free_port
 from threadlock import BackendError, Lease, ThreadBusy
-from threadlock.backends.redis import RedisThreadLock, _digest
+from threadlock.backends.redis import RedisThreadLock
+from threadlock.backends.redis.keys import digest
 from threadlock.testing.registry_conformance import ODD_KEY, run_record
 
 pytestmark = pytest.mark.anyio
 
 
 def _name(lock: RedisThreadLock, key: str, part: str) -> str:
-    return f"{lock.prefix}:{{{_digest(key)}}}:{part}"
+    return f"{lock.prefix}:{{{digest(key)}}}:{part}"
 
 
 async def test_registry_and_chain_keys_share_the_lock_slot_and_hold_ids_only(
@@ -32,7 +33,7 @@ async def test_registry_and_chain_keys_share_the_lock_slot_and_hold_ids_only(
     assert await redis_lock.advance_chain(lease, None, "resp_1")
     names = [n.decode() async for n in redis_lock.client.scan_iter(match=f"{redis_lock.prefix}:*")]
     tags = {re.search(r"\{([0-9a-f]{32})\}", n)[1] for n in names}  # type: ignore[index]
-    assert tags == {_digest(ODD_KEY)}  # one hash tag: one Cluster slot
+    assert tags == {digest(ODD_KEY)}  # one hash tag: one Cluster slot
     assert sorted(n.rsplit(":", 1)[1] for n in names) == ["chain", "lease", "order", "runs"]
     raw = await redis_lock.client.hgetall(_name(redis_lock, ODD_KEY, "runs"))
     assert list(raw) == [b"run_x"]

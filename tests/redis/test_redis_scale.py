@@ -7,7 +7,8 @@ import secrets
 import anyio
 import pytest
 
-from threadlock.backends.redis import RedisThreadLock, _digest
+from threadlock.backends.redis import RedisThreadLock
+from threadlock.backends.redis.keys import digest
 from threadlock.backends.redis.scripts import SCRIPT_TEXT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -64,7 +65,7 @@ async def test_hundred_thousand_keys_leave_only_bounded_ttl_fence_markers(
         assert name.endswith(b":lease"), name
         assert 0 < ttl <= 3_600_000, (name, ttl)  # the free-key marker "F <fence>"
     assert count == TOTAL  # one marker per key used within the last hour, nothing else
-    user_0 = f"{lock.prefix}:{{{_digest('user-0')}}}:lease".encode()
+    user_0 = f"{lock.prefix}:{{{digest('user-0')}}}:lease".encode()
     assert user_0 in names
     assert (await client.get(user_0)).startswith(b"F ")
     for start in range(0, len(names), 10_000):

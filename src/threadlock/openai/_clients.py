@@ -78,7 +78,7 @@ def no_retries(client: ClientT) -> ClientT:
     settings = _settings(key)
     try:
         cached = _CACHE.get(key)
-    except TypeError:  # not weakly referenceable: built per call, as before
+    except TypeError:  # not weakly referenceable: built per call
         built: ClientT = client.with_options(max_retries=0)  # type: ignore[attr-defined]
         return built
     if cached is not None and cached[0] == settings:

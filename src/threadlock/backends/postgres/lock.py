@@ -402,7 +402,7 @@ class PostgresThreadLock(BaseThreadLock):
         rows = await self._execute(
             self._sql.acquire,
             (key, token, wid, owner, ttl, self._grace, enqueue, seq, self._relaxed),
-            settle=True,
+            past_caller_deadline=True,
         )
         attempt = _Attempt.from_row(key, rows[0])
         if seq is None and attempt.status == "granted":  # a free key: count towards a sweep

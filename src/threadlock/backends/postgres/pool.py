@@ -62,7 +62,11 @@ class Connections:
         return self.pool
 
     async def execute(
-        self, query: bytes, params: tuple[Any, ...] | None = None, *, settle: bool = False
+        self,
+        query: bytes,
+        params: tuple[Any, ...] | None = None,
+        *,
+        past_caller_deadline: bool = False,
     ) -> list[tuple[Any, ...]]:
         """Run one statement, shielded from cancellation, until the caller's deadline.
 
@@ -71,9 +75,9 @@ class Connections:
         right after it. It never runs past the caller's deadline (the lease's expiry for an
         extend, ``release_timeout`` for a release, see :mod:`threadlock._deadline`) nor past
         ``statement_timeout``: then it is a ``BackendError``. An acquire attempt passes
-        ``settle=True``: it runs to its end (``statement_timeout`` at most) whatever the
-        caller's deadline, because a grant committed after the caller gave up and withdrew
-        would leave a lease that nobody holds until its TTL. A missing table or
+        ``past_caller_deadline=True``: it runs to its end (``statement_timeout`` at most)
+        whatever the caller's deadline, because a grant committed after the caller gave up and
+        withdrew would leave a lease that nobody holds until its TTL. A missing table or
         function is a ``BackendError`` telling the caller to run ``create_schema``.
         """
         pool = self.pool if self._opened else await self.ready()
@@ -84,7 +88,9 @@ class Connections:
             try:
                 if not conn.autocommit:
                     await conn.set_autocommit(True)
-                end = anyio.current_time() + self.statement_timeout if settle else None
+                end = (
+                    anyio.current_time() + self.statement_timeout if past_caller_deadline else None
+                )
                 async with bounded_call(self.statement_timeout, "Postgres", deadline=end):
                     # Prepared from the first call (unless the pool's connections disable
                     # prepared statements with prepare_threshold=None, as for PgBouncer).

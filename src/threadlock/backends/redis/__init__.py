@@ -23,9 +23,6 @@ It runs on redis-py's asyncio clients, so on the asyncio event loop only. Module
 
 from __future__ import annotations
 
-# _digest and _waiter_id: the module's names before it became a package (tests use them).
-from threadlock.backends.redis.keys import digest as _digest  # noqa: F401
-from threadlock.backends.redis.keys import waiter_id as _waiter_id  # noqa: F401
 from threadlock.backends.redis.lock import RedisThreadLock
 from threadlock.backends.redis.registry import DEFAULT_CHAIN_TTL, DEFAULT_REGISTRY_TTL
 

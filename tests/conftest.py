@@ -9,37 +9,18 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from tests._servers.postgres_server import TEMPLATE_ENV, PostgresServer, ServerUnavailable
+from tests._servers.postgres_server import PostgresServer, ServerUnavailable
 from tests._servers.redis_server import RedisServer
 
 from threadlock.backends.postgres import PostgresThreadLock
 
 pytest_plugins = ["pytester"]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """One ``initdb`` per test run: the run's first Postgres cluster is initialised into a
-    template directory and every later one (in any xdist worker) is a copy of it. The
-    controller (or the only process, with ``-n 0``) names the directory; the workers inherit
-    it through the environment."""
-    if hasattr(config, "workerinput") or os.environ.get(TEMPLATE_ENV):
-        return
-    root = tempfile.mkdtemp(prefix="threadlock-pg-template-")
-    os.environ[TEMPLATE_ENV] = root
-
-    def remove() -> None:
-        shutil.rmtree(root, ignore_errors=True)
-        os.environ.pop(TEMPLATE_ENV, None)
-
-    config.add_cleanup(remove)
 
 
 @pytest.hookimpl(wrapper=True)

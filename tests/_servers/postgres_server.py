@@ -6,12 +6,6 @@ the ``postgres`` user (or ``nobody``) and the directory is handed to that user.
 
     server = PostgresServer.create()      # raises ServerUnavailable if binaries are missing
     server.start(); server.dsn; server.restart(); server.stop(); server.destroy()
-
-``initdb`` costs about 2 s of CPU. Where the environment names a template directory
-(``THREADLOCK_PG_TEMPLATE_DIR``; tests/conftest.py sets one per test run, shared by the xdist
-workers and removed at the end), the first ``create()`` runs ``initdb`` once into it and every
-cluster after that is a copy of that freshly initialised data directory (``cp -a``), which is
-what ``initdb`` would have written: same binaries, same options.
 """
 
 from __future__ import annotations
@@ -27,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["TEMPLATE_ENV", "PostgresServer", "ServerUnavailable", "find_bindir"]
-
-TEMPLATE_ENV = "THREADLOCK_PG_TEMPLATE_DIR"
+__all__ = ["PostgresServer", "ServerUnavailable", "find_bindir"]
 
 
 class ServerUnavailable(RuntimeError):
@@ -136,32 +128,10 @@ class PostgresServer:
         return str(proc.stdout)
 
     def _initdb(self) -> None:
-        root = os.environ.get(TEMPLATE_ENV)
-        if not root:
-            self._initdb_into(self.data)
-            return
-        uid = self._runas.pw_uid if self._runas is not None else os.geteuid()
-        template = Path(root) / f"{self.bindir.as_posix().strip('/').replace('/', '_')}-{uid}"
-        if not template.is_dir():
-            # initdb into a staging directory of our own, then rename it into place: two
-            # workers racing both run initdb once, and the rename of the loser fails harmlessly.
-            os.chmod(root, 0o755)  # the postgres user must reach its staging directory
-            staging = Path(tempfile.mkdtemp(prefix="staging-", dir=root))
-            if self._runas is not None:
-                os.chown(staging, self._runas.pw_uid, self._runas.pw_gid)
-            try:
-                self._initdb_into(staging / "data")
-                with contextlib.suppress(OSError):
-                    os.rename(staging / "data", template)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        subprocess.run(["cp", "-a", str(template), str(self.data)], check=True)
-
-    def _initdb_into(self, data: Path) -> None:
         self._cmd(
             str(self.bindir / "initdb"),
             "-D",
-            str(data),
+            str(self.data),
             "-A",
             "trust",
             "-U",

@@ -251,10 +251,12 @@ async def test_tool_call_turn_spans_responses_under_one_lease(lock: Backend) -> 
 
 
 async def test_lease_is_renewed_through_a_long_stream(lock: Backend) -> None:
-    fake = FakeOpenAI(response_duration=1.0)
+    # The stream lasts 2.5 TTLs, so the lease survives only if it is renewed. The TTL leaves each
+    # renewal about 0.6 s of slack: a loaded CI machine's Postgres round trips overran 0.3 s.
+    fake = FakeOpenAI(response_duration=2.5)
     client = fake.client()
     conversation = fake.add_conversation()
-    async with guard_conversation(client, conversation, lock=lock, ttl=0.3) as turn:
+    async with guard_conversation(client, conversation, lock=lock, ttl=1.0) as turn:
         fence = turn.lease.fence
         async with turn.stream(model="m", input="a b c d e f") as stream:
             final = await stream.get_final_response()

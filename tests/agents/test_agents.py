@@ -248,9 +248,19 @@ async def test_conversation_locked_then_free_is_answered(lock: ThreadLock) -> No
     fake = FakeOpenAI(response_duration=0)
     client = fake.client()
     conversation = fake.add_conversation()
-    fake.add_background_response(conversation, "in_progress", completes_in=0.6)
-    async with guard_conversation(client, conversation, lock=lock, timeout=30) as turn:
-        result = await turn.run_agent(_agent(), "hi")
+    # The background response completes only once the agent's request has met it (the fake's
+    # clock jumps then); with a fixed 0.6 s it could finish before a loaded machine's first call.
+    fake.add_background_response(conversation, "in_progress", completes_in=3600)
+
+    async def complete_after_the_first_refusal() -> None:
+        while fake.concurrency_errors_by_kind["conversation_locked"] == 0:
+            await anyio.sleep(0.01)
+        fake.advance(3600)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(complete_after_the_first_refusal)
+        async with guard_conversation(client, conversation, lock=lock, timeout=30) as turn:
+            result = await turn.run_agent(_agent(), "hi")
     assert result.final_output == "Reply to: hi"
     assert fake.concurrency_errors_by_kind["conversation_locked"] >= 1
 

@@ -261,6 +261,7 @@ async def test_conversation_locked_then_free_is_answered(lock: ThreadLock) -> No
         tg.start_soon(complete_after_the_first_refusal)
         async with guard_conversation(client, conversation, lock=lock, timeout=30) as turn:
             result = await turn.run_agent(_agent(), "hi")
+        tg.cancel_scope.cancel()  # a run that was never refused must fail below, not hang here
     assert result.final_output == "Reply to: hi"
     assert fake.concurrency_errors_by_kind["conversation_locked"] >= 1
 
